@@ -1,0 +1,1 @@
+"""The U-Net, its preprocessing, training, evaluation and serving export."""

@@ -1,0 +1,45 @@
+"""Install the mining mapper: the Beam pipeline, its transforms, the U-Net and the `mining-mapper` command.
+
+The same file is used by Dataflow workers (`--setup_file`), so it lists every runtime dependency.
+Versions of the core stack are pinned; `constraints.txt` pins the whole resolved environment.
+"""
+from setuptools import find_packages, setup
+
+VERSION = "0.1.0"
+
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "tensorflow-transform==1.21.0",
+    "rasterio>=1.4.3,<1.5",
+    "earthengine-api>=1.7,<2",
+    "google-cloud-storage>=3.0,<4",
+    "numpy>=2.0,<2.5",
+    "scipy>=1.14,<2",
+    "rio-cogeo>=7.0,<8",
+    "geopandas>=1.0,<2",
+    "pyogrio>=0.10,<1",
+    "shapely>=2.0,<3",
+    "pyproj>=3.6,<4",
+    "pystac>=1.10,<2",
+    "matplotlib>=3.9,<4",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "pytest-xdist>=3.6",
+    "hypothesis>=6.100",
+    "gcp-storage-emulator>=2024.8.3",
+]
+
+setup(
+    name="mining-mapper",
+    version=VERSION,
+    description="MapBiomas Collection 9 mining mapping method as an Apache Beam pipeline.",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "model", "model.*"]),
+    package_data={"pipeline": ["data/*.json", "data/*.csv"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["mining-mapper=pipeline.cli:main"]},
+)

@@ -1,0 +1,24 @@
+"""Shared fixtures: where the real data in ../shared/data is, and skipping cleanly where it is absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("MINING_MAPPER_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared/data, skipping the calling test (with the reason) when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent (it lives in ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture
+def lourenco_dir() -> Path:
+    """The MapBiomas Collection 6 annual series around Garimpo do Lourenço (1985–2020)."""
+    return shared_path("mapbiomas_c6_lourenco")

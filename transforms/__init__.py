@@ -1,0 +1,1 @@
+"""Beam PTransforms: thin shells over the pure functions in `pipeline`."""
