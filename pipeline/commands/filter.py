@@ -1,0 +1,174 @@
+"""`mining-mapper filter`: the post-classification chain over a folder of annual rasters."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+
+NAME = "filter"
+HELP = "Apply gap fill → temporal → spatial → frequency filters (DESIGN.md §3) to annual rasters; write COGs."
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of the filter command; the filter parameters mirror `pipeline.filters.FilterParams`."""
+    parser.add_argument("inputs", nargs="+", help="annual GeoTIFFs: a folder, a glob pattern or files (year in the name or a 'year' tag)")
+    parser.add_argument("--output", required=True, help="output folder (local path or gs://)")
+    parser.add_argument("--class-value", type=int, default=30, help="input value meaning mining; other valid values are not mining (default 30)")
+    parser.add_argument("--nodata-value", type=float, action="append", default=[], help="extra input value meaning not observed (repeatable); the raster's own nodata always counts")
+    parser.add_argument("--years", help="years to use, START-END or a comma list; all of them must be present")
+    parser.add_argument("--mode", choices=["appendix", "c9-code"], default="appendix", help="filter semantics (DESIGN.md §3)")
+    parser.add_argument("--min-component-size", type=int, default=10, help="spatial filter: smaller 8-connected mining components are removed (default 10)")
+    parser.add_argument("--spatial-window", type=int, default=3, help="c9-code spatial filter: mode window size (default 3)")
+    parser.add_argument("--backfill-limit", type=int, default=3, help="gap fill: how many years back an earlier observation may be taken (default 3)")
+    parser.add_argument("--frequency-cut", type=float, default=10.0, help="frequency filter: percent of years under which mining is removed (default 10)")
+    parser.add_argument("--c9-backfill-from-index", type=int, default=32, help="c9-code gap fill: first year index that back-fills from earlier years (default 32, as published)")
+    parser.add_argument("--origin-band", action="store_true", help="add a second band with the gap-fill origin year (year − 1900; 255 none)")
+    parser.add_argument("--grid", default=None, help="grid id recorded in the output tags")
+    parser.add_argument("--prefix", default="mining", help="output file name prefix: PREFIX_YEAR.tif (default 'mining')")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+
+
+def parse_years(text: str | None) -> list[int] | None:
+    """'1985-2020' or '1985,1990' → list of years; None stays None."""
+    from pipeline.errors import UserError
+
+    if not text:
+        return None
+    try:
+        if "-" in text and "," not in text:
+            start, end = (int(v) for v in text.split("-", 1))
+            if end < start:
+                raise ValueError
+            return list(range(start, end + 1))
+        return sorted(int(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--years {text!r}: expected START-END or a comma-separated list of years") from None
+
+
+def _progress(quiet: bool):
+    start = time.monotonic()
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(f"[{time.monotonic() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def run(args: argparse.Namespace) -> int:
+    """Read, filter, and publish the COGs, areas.csv and summary.json all at once (or nothing)."""
+    from pipeline import __version__
+    from pipeline.areas import hectares_per_year, pixel_areas_m2
+    from pipeline.errors import UserError
+    from pipeline.filters import STAGES, FilterParams, apply_chain
+    from pipeline.rasters import (
+        classes_to_output,
+        encode_cog,
+        find_annual_rasters,
+        origin_to_band,
+        publish_atomically,
+        read_class_series,
+    )
+
+    say = _progress(args.quiet)
+    try:
+        params = FilterParams(
+            mode=args.mode,
+            min_component_size=args.min_component_size,
+            spatial_window=args.spatial_window,
+            backfill_limit=args.backfill_limit,
+            frequency_cut_percent=args.frequency_cut,
+            c9_backfill_from_index=args.c9_backfill_from_index,
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+    rasters = find_annual_rasters(args.inputs, parse_years(args.years))
+    years = list(rasters)
+    say(f"{len(years)} years {years[0]}–{years[-1]}; reading")
+    series = read_class_series(
+        rasters,
+        class_value=args.class_value,
+        extra_nodata=args.nodata_value,
+        progress=lambda i, n, path: say(f"read {i}/{n} {os.path.basename(path)}") if i % 10 == 0 or i == n else None,
+    )
+    say(f"filtering a {series.stack.shape[0]}×{series.stack.shape[1]}×{series.stack.shape[2]} stack, mode {params.mode}")
+    areas = pixel_areas_m2(series.crs, series.transform, series.stack.shape[1:])
+    hectares: dict[str, object] = {}
+
+    def measure(stage, stack):
+        hectares[stage] = hectares_per_year(stack, 1, areas)
+        say(f"{stage}: {hectares[stage].sum() / len(years):.1f} ha of mining a year on average")
+
+    result = apply_chain(series.stack, params, with_origin=args.origin_band, on_stage=measure)
+
+    say("encoding COGs")
+    tags_common = {
+        "filter_mode": params.mode,
+        "model": "none (filtered from input maps)",
+        "threshold": "n/a",
+        "class_value": str(args.class_value),
+        **params.as_tags(),
+    }
+    if args.grid:
+        tags_common["grid"] = args.grid
+    outputs: dict[str, bytes] = {}
+    for index, year in enumerate(years):
+        bands = [classes_to_output(result.classes[index])]
+        descriptions = ["mining_classification"]
+        offsets = [0.0]
+        if args.origin_band:
+            bands.append(origin_to_band(result.origin[index], years))
+            descriptions.append("gapfill_origin_year")
+            offsets.append(1900.0)
+        tags = {**tags_common, "year": str(year), "source": os.path.basename(series.paths[index])}
+        if args.origin_band:
+            tags["origin_encoding"] = "band 2 = origin year - 1900 (offset 1900); 255 = never observed"
+        outputs[_join(args.output, f"{args.prefix}_{year}.tif")] = encode_cog(
+            bands, series.crs, series.transform, tags, descriptions, offsets
+        )
+    outputs[_join(args.output, "areas.csv")] = _areas_csv(years, hectares)
+    summary = {
+        "software_version": __version__,
+        "command": "filter",
+        "inputs": {str(y): series.paths[i] for i, y in enumerate(years)},
+        "parameters": {**params.as_tags(), "class_value": args.class_value, "extra_nodata": args.nodata_value},
+        "crs": series.crs.to_string(),
+        "transform": list(series.transform)[:6],
+        "shape": list(series.stack.shape[1:]),
+        "years": {
+            str(year): {
+                "status": "written",
+                "output": f"{args.prefix}_{year}.tif",
+                "mining_pixels": {stage: int(result.mining_pixels[stage][i]) for stage in STAGES},
+                "mining_ha": {stage: round(float(hectares[stage][i]), 4) for stage in STAGES},
+            }
+            for i, year in enumerate(years)
+        },
+    }
+    outputs[_join(args.output, "summary.json")] = json.dumps(summary, indent=2).encode()
+    say(f"writing {len(years)} COGs, areas.csv and summary.json to {args.output}")
+    publish_atomically(outputs)
+    say(f"done: {len(years)} years; mining {hectares['input'].sum() / len(years):.1f} ha/yr before, "
+        f"{hectares['frequency'].sum() / len(years):.1f} ha/yr after")
+    print(args.output)
+    return 0
+
+
+def _join(directory: str, name: str) -> str:
+    return f"{directory.rstrip('/')}/{name}" if directory.startswith("gs://") else os.path.join(directory, name)
+
+
+def _areas_csv(years, hectares) -> bytes:
+    from pipeline.filters import STAGES
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["year", *[f"mining_ha_{stage}" for stage in STAGES]])
+    for i, year in enumerate(years):
+        writer.writerow([year, *[f"{hectares[stage][i]:.4f}" for stage in STAGES]])
+    return text.getvalue().encode()
