@@ -60,7 +60,8 @@ def pixel_areas_m2(crs, transform: Affine, shape: tuple[int, int], window: Windo
     nominal = abs(transform.a * transform.e - transform.b * transform.d)
     nominal *= crs.axis_info[0].unit_conversion_factor ** 2
     cc, rr = np.meshgrid(np.arange(cols) + col_off + 0.5, np.arange(rows) + row_off + 0.5)
-    x, y = transform * (cc.ravel(), rr.ravel())
+    x = transform.c + transform.a * cc.ravel() + transform.b * rr.ravel()
+    y = transform.f + transform.d * cc.ravel() + transform.e * rr.ravel()
     to_geographic = Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
     lon, lat = to_geographic.transform(x, y)
     factors = Proj(crs).get_factors(lon, lat)
