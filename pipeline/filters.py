@@ -136,14 +136,15 @@ def _fill_from_later(stack, filled, origin, last_source: int) -> None:
     rows_cols = stack.shape[1:]
     next_value = np.full(rows_cols, NOT_OBSERVED, dtype=np.uint8)
     next_index = np.full(rows_cols, NO_ORIGIN, dtype=np.uint8)
+    observed = np.empty(rows_cols, dtype=bool)
     for t in range(last_source, -1, -1):
         year = stack[t]
-        observed = year != NOT_OBSERVED
+        np.not_equal(year, NOT_OBSERVED, out=observed)
+        # Observed pixels keep their value and are their own origin; the others take the carried one.
+        np.copyto(filled[t], next_value, where=~observed)
+        np.copyto(origin[t], next_index, where=~observed)
         origin[t][observed] = t
-        gap = ~observed
-        filled[t][gap] = next_value[gap]
-        origin[t][gap] = next_index[gap]
-        next_value[observed] = year[observed]
+        np.copyto(next_value, year, where=observed)
         next_index[observed] = t
 
 
@@ -152,19 +153,23 @@ def _gap_fill_appendix(stack, filled, origin, backfill_limit: int) -> None:
     _fill_from_later(stack, filled, origin, last_source=n - 1)
     if backfill_limit == 0:
         return
-    # Still-empty years have no later observation: take the nearest earlier observation within reach.
+    # Still-empty years have no later observation, so they form each pixel's trailing run:
+    # take the last observation if it lies within reach.
+    last_value = filled[n - 1]
+    if not (last_value == NOT_OBSERVED).any():
+        return
     rows_cols = stack.shape[1:]
     prev_value = np.full(rows_cols, NOT_OBSERVED, dtype=np.uint8)
     prev_index = np.zeros(rows_cols, dtype=np.int16)
     for t in range(n):
         year = stack[t]
-        empty = filled[t] == NOT_OBSERVED
-        reach = empty & (prev_value != NOT_OBSERVED) & (t - prev_index <= backfill_limit)
-        filled[t][reach] = prev_value[reach]
-        origin[t][reach] = prev_index[reach]
+        if t > 0:
+            reach = (filled[t] == NOT_OBSERVED) & (prev_value != NOT_OBSERVED) & (t - prev_index <= backfill_limit)
+            np.copyto(filled[t], prev_value, where=reach)
+            np.copyto(origin[t], prev_index.astype(np.uint8), where=reach)
         observed = year != NOT_OBSERVED
-        prev_value[observed] = year[observed]
-        prev_index[observed] = t
+        np.copyto(prev_value, year, where=observed)
+        np.copyto(prev_index, np.int16(t), where=observed)
 
 
 def _gap_fill_c9(stack, filled, origin, backfill_limit: int, backfill_from: int) -> None:
