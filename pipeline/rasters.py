@@ -234,7 +234,7 @@ def encode_cog(
                 dst.set_band_description(index, descriptions[index - 1])
             if offsets is not None:
                 dst.offsets = tuple(offsets)
-            dst.update_tags(software="mining-mapper", software_version=__version__, **{k: str(v) for k, v in tags.items()})
+            dst.update_tags(**{"software": "mining-mapper", "software_version": __version__, **{k: str(v) for k, v in tags.items()}})
         with staging.open() as src, MemoryFile() as cog:
             profile = src.profile
             with rasterio.open(

@@ -1,0 +1,225 @@
+"""Typed pipeline options: one flag per Flex Template parameter, validated before anything runs."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline.errors import UserError
+from model.presets import BAND_PRESETS
+from pipeline.filters import MODES, FilterParams
+
+SPATIAL_FILTER_PLACES = ("local", "earthengine", "off")
+_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
+
+
+class MiningMapperOptions(PipelineOptions):
+    """Options of the mining pipeline. Beam's own flags (--runner, Dataflow options) pass through."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--exports", help="root of the Earth Engine exports, {exports}/{grid}/{year}/ (local path or gs://)")
+        parser.add_argument("--output", help="where the COGs and the run summary go (local path or gs://)")
+        parser.add_argument("--grids", default="", help="grid ids: a comma list with ranges, e.g. 1010,1200-1210 (default: all under --exports)")
+        parser.add_argument("--years", default="", help="years: a comma list with ranges, e.g. 1985-2023 (default: all under --exports)")
+        parser.add_argument("--model", help="the national model: a serving model exported by `mining-mapper train` (local path or gs://)")
+        parser.add_argument("--model_routing", default="", help="JSON file mapping model paths to grid ids, for state models: {\"models\": [{\"path\": ..., \"grids\": [..]}]}")
+        parser.add_argument("--band_preset", default="appendix", choices=sorted(BAND_PRESETS), help="the model's input bands, in order (DESIGN.md §1.2)")
+        parser.add_argument("--threshold", type=float, default=0.5, help="probability at or above which a pixel is mining")
+        parser.add_argument("--filter_mode", default="appendix", choices=list(MODES), help="post-classification semantics (DESIGN.md §3)")
+        parser.add_argument("--min_component_size", type=int, default=10, help="spatial filter: minimum mining component, in pixels")
+        parser.add_argument("--spatial_window", type=int, default=3, help="c9-code spatial filter: mode window side")
+        parser.add_argument("--backfill_limit", type=int, default=3, help="gap fill: years an earlier observation may be carried forward")
+        parser.add_argument("--frequency_cut", type=float, default=10.0, help="frequency filter: percent of years under which mining is dropped")
+        parser.add_argument("--c9_backfill_from_index", type=int, default=32, help="c9-code gap fill: first year index back-filled from earlier years")
+        parser.add_argument("--spatial_filter", default="local", choices=SPATIAL_FILTER_PLACES, help="where the spatial filter runs: here, later in Earth Engine, or not at all")
+        parser.add_argument("--min_batch_size", type=int, default=1, help="inference: smallest batch of patches")
+        parser.add_argument("--max_batch_size", type=int, default=16, help="inference: largest batch of patches")
+        parser.add_argument("--export_nodata", default="-9999", help="comma list of values that mark masked pixels in the exports (besides NaN and a 0 in the first band)")
+        parser.add_argument("--probability_band", default="false", choices=["true", "false"], help="add the probability (p × 255) as a band of each COG")
+        parser.add_argument("--origin_band", default="false", choices=["true", "false"], help="add the gap-fill origin year (year − 1900) as a band of each COG")
+        parser.add_argument("--require_gpu", default="false", choices=["true", "false"], help="fail at start-up when no GPU is visible to TensorFlow")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRoute:
+    """One model and the grids it serves (an empty tuple: every grid no other route claims)."""
+
+    name: str
+    path: str
+    grids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Validated, plain-Python view of the options: what the pipeline builder consumes."""
+
+    exports: str
+    output: str
+    grids: tuple[str, ...]
+    years: tuple[int, ...]
+    routes: tuple[ModelRoute, ...]
+    bands: tuple[str, ...]
+    band_preset: str
+    threshold: float
+    filter_params: FilterParams
+    spatial_filter: str
+    min_batch_size: int
+    max_batch_size: int
+    export_nodata: tuple[float, ...]
+    probability_band: bool
+    origin_band: bool
+    require_gpu: bool
+
+    def route_for(self, grid: str) -> ModelRoute:
+        """The model that classifies a grid: its state model, else the national one."""
+        for route in self.routes:
+            if grid in route.grids:
+                return route
+        return next(route for route in self.routes if not route.grids)
+
+
+def parse_id_list(text: str, what: str) -> list[int]:
+    """'1985-1990,1995' → [1985, …, 1990, 1995]; a clear error names the bad part."""
+    values: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        match = _RANGE.match(part)
+        if not match:
+            raise UserError(f"--{what}: {part!r} is not a number or a START-END range")
+        start = int(match.group(1))
+        end = int(match.group(2) or start)
+        if end < start:
+            raise UserError(f"--{what}: range {part!r} runs backwards")
+        values.extend(range(start, end + 1))
+    return sorted(set(values))
+
+
+def load_routes(national: str | None, routing_file: str) -> tuple[ModelRoute, ...]:
+    """The national model plus the state models of the routing file (DESIGN.md §1.3: Minas Gerais)."""
+    if not national:
+        raise UserError("--model is required: the national model that classifies every grid not routed elsewhere")
+    routes = [ModelRoute("national", national, ())]
+    if not routing_file:
+        return tuple(routes)
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        with FileSystems.open(routing_file) as handle:
+            config = json.loads(handle.read().decode("utf-8"))
+    except Exception as error:  # noqa: BLE001 - any failure to read is the user's file
+        raise UserError(f"{routing_file}: cannot read the model routing file ({error})") from None
+    entries = config.get("models") if isinstance(config, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{routing_file}: expected {{\"models\": [{{\"name\", \"path\", \"grids\"}}, …]}}")
+    claimed: dict[str, str] = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not entry.get("path") or not entry.get("grids"):
+            raise UserError(f"{routing_file}: models[{index}] needs a 'path' and a non-empty 'grids' list")
+        name = str(entry.get("name") or f"model{index + 1}")
+        grids = tuple(str(g) for g in entry["grids"])
+        for grid in grids:
+            if grid in claimed:
+                raise UserError(f"{routing_file}: grid {grid} is routed to both {claimed[grid]} and {name}")
+            claimed[grid] = name
+        routes.append(ModelRoute(name, str(entry["path"]), grids))
+    return tuple(routes)
+
+
+def discover_grid_years(exports: str) -> dict[str, list[int]]:
+    """The (grid, year) folders present under the exports root (those holding a mixer)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = FileSystems.join(exports.rstrip("/"), "*", "*", "*mixer.json")
+    found: dict[str, set[int]] = {}
+    for match in FileSystems.match([pattern])[0].metadata_list:
+        parts = match.path.rstrip("/").split("/")
+        grid, year = parts[-3], parts[-2]
+        if year.isdigit():
+            found.setdefault(grid, set()).add(int(year))
+    return {grid: sorted(years) for grid, years in sorted(found.items(), key=lambda kv: _grid_sort_key(kv[0]))}
+
+
+def _grid_sort_key(grid: str):
+    return (0, int(grid), "") if grid.isdigit() else (1, 0, grid)
+
+
+def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | None = None) -> RunConfig:
+    """Validate the options and resolve defaults (grids and years found under the exports)."""
+    view = options.view_as(MiningMapperOptions)
+    problems: list[str] = []
+    if not view.exports:
+        problems.append("--exports is required")
+    if not view.output:
+        problems.append("--output is required")
+    if not 0.0 < view.threshold < 1.0:
+        problems.append(f"--threshold must be strictly between 0 and 1, not {view.threshold}")
+    if view.min_batch_size < 1 or view.max_batch_size < view.min_batch_size:
+        problems.append(f"--min_batch_size ({view.min_batch_size}) must be ≥ 1 and ≤ --max_batch_size ({view.max_batch_size})")
+    try:
+        params = FilterParams(
+            mode=view.filter_mode,
+            min_component_size=view.min_component_size,
+            spatial_window=view.spatial_window,
+            backfill_limit=view.backfill_limit,
+            frequency_cut_percent=view.frequency_cut,
+            c9_backfill_from_index=view.c9_backfill_from_index,
+        )
+    except ValueError as error:
+        problems.append(str(error))
+    try:
+        nodata = tuple(float(v) for v in filter(None, (p.strip() for p in view.export_nodata.split(","))))
+    except ValueError:
+        problems.append(f"--export_nodata {view.export_nodata!r}: expected a comma list of numbers")
+    if problems:
+        raise UserError("; ".join(problems))
+    routes = load_routes(view.model, view.model_routing)
+    grids = [str(g) for g in parse_id_list(view.grids, "grids")]
+    years = parse_id_list(view.years, "years")
+    if not grids or not years:
+        discovered = discover_grid_years(view.exports) if discovered is None else discovered
+        if not discovered and (not grids or not years):
+            raise UserError(f"{view.exports}: no exports found ({{grid}}/{{year}}/*mixer.json); give --grids and --years or check the path")
+        grids = grids or list(discovered)
+        found = sorted({y for g in grids for y in discovered.get(g, [])})
+        if not years and not found:
+            raise UserError(f"{view.exports}: no year found for grids {', '.join(grids)}")
+        # The span of the years found: a year missing in the middle is reported as skipped, not dropped.
+        years = years or list(range(found[0], found[-1] + 1))
+    span = list(range(min(years), max(years) + 1))
+    if years != span:
+        raise UserError(f"--years must be consecutive for the temporal filters; missing {sorted(set(span) - set(years))}")
+    return RunConfig(
+        exports=view.exports.rstrip("/"),
+        output=view.output.rstrip("/"),
+        grids=tuple(grids),
+        years=tuple(years),
+        routes=routes,
+        bands=BAND_PRESETS[view.band_preset],
+        band_preset=view.band_preset,
+        threshold=view.threshold,
+        filter_params=params,
+        spatial_filter=view.spatial_filter,
+        min_batch_size=view.min_batch_size,
+        max_batch_size=view.max_batch_size,
+        export_nodata=nodata,
+        probability_band=view.probability_band == "true",
+        origin_band=view.origin_band == "true",
+        require_gpu=view.require_gpu == "true",
+    )
+
+
+def grid_years(config: RunConfig) -> list[tuple[str, int]]:
+    """Every (grid, year) the run was asked for, in a deterministic order."""
+    return [(grid, year) for grid in config.grids for year in config.years]
+
+
+def option_names() -> Sequence[str]:
+    """The flag names this module adds (for the Flex Template metadata, which must match one-to-one)."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    MiningMapperOptions._add_argparse_args(parser)
+    return [action.dest for action in parser._actions if action.dest != "help"]

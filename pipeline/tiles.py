@@ -1,0 +1,236 @@
+"""Pure functions behind the pipeline's per-patch and per-tile steps.
+
+A *patch* is one (grid, year, patch index) of an Earth Engine export; a *tile* is one
+(grid, patch row, patch column) across all years. Classification happens per patch, the temporal
+filters per tile, the spatial filter per tile with a halo of neighbour pixels, and writing per
+(grid, year). These functions hold the logic; the Beam transforms only move data between them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from pipeline.exports import crop_buffer
+from pipeline.filters import (
+    MINING,
+    NO_ORIGIN,
+    NOT_OBSERVED,
+    FilterParams,
+    _frequency_inplace,
+    _spatial_year_inplace,
+    apply_temporal_chain,
+)
+
+NEIGHBOURS: tuple[tuple[int, int], ...] = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0))
+
+
+@dataclasses.dataclass
+class ClassifiedPatch:
+    """One patch after inference: classes 0 / 1 / 255 and the probability as uint8 (p × 255)."""
+
+    grid: str
+    year: int
+    index: int
+    row: int
+    col: int
+    classes: np.ndarray
+    probability: np.ndarray
+
+
+@dataclasses.dataclass
+class TileSeries:
+    """One tile across the run's years, after some stages of the filter chain."""
+
+    grid: str
+    row: int
+    col: int
+    years: tuple[int, ...]
+    classes: np.ndarray
+    origin: np.ndarray | None
+    probability: np.ndarray | None
+    mining_rows: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass
+class HaloStrip:
+    """Pixels of one tile sent to a neighbour so that its spatial filter sees across the edge."""
+
+    source_row: int
+    source_col: int
+    rows: slice
+    cols: slice
+    classes: np.ndarray
+
+
+@dataclasses.dataclass
+class YearTile:
+    """One tile of one year, ready to be placed into its (grid, year) raster."""
+
+    grid: str
+    year: int
+    row: int
+    col: int
+    classes: np.ndarray
+    origin: np.ndarray | None
+    probability: np.ndarray | None
+    mining_rows: dict[str, np.ndarray]
+
+
+def classify_patch(probability: np.ndarray, observed: np.ndarray, kernel: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Model probabilities (side, side) → (classes 0/1/255, probability uint8) of the unbuffered patch.
+
+    The kernel buffer is cropped first; a pixel is mining at or above the threshold; pixels that
+    were not observed stay 255 in both outputs, whatever the model said there.
+    """
+    probability = crop_buffer(np.asarray(probability, dtype=np.float32).reshape(observed.shape), kernel)
+    observed = crop_buffer(observed, kernel)
+    classes = np.where(probability >= threshold, MINING, 0).astype(np.uint8)
+    classes[~observed] = NOT_OBSERVED
+    # DESIGN.md §2: p × 255, capped at 254 so that 255 keeps meaning "not observed".
+    scaled = np.clip(np.rint(probability * 255.0), 0, 254).astype(np.uint8)
+    scaled[~observed] = NOT_OBSERVED
+    return classes, scaled
+
+
+def not_observed_patch(side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Classes and probability of a patch with no observed pixel (no inference needed)."""
+    empty = np.full((side, side), NOT_OBSERVED, dtype=np.uint8)
+    return empty, empty.copy()
+
+
+def stack_tile_years(
+    grid: str, row: int, col: int, years: Sequence[int], patches: Iterable[ClassifiedPatch], patch_size: int, keep_probability: bool
+) -> TileSeries:
+    """Stack one tile's patches into (years, P, P), with 255 for every year that has no patch."""
+    classes = np.full((len(years), patch_size, patch_size), NOT_OBSERVED, dtype=np.uint8)
+    probability = np.full_like(classes, NOT_OBSERVED) if keep_probability else None
+    position = {year: i for i, year in enumerate(years)}
+    for patch in patches:
+        if patch.year not in position:
+            continue
+        i = position[patch.year]
+        if patch.classes.shape != (patch_size, patch_size):
+            raise ValueError(f"grid {grid} year {patch.year} patch {patch.index}: {patch.classes.shape} is not {patch_size}×{patch_size}")
+        classes[i] = patch.classes
+        if probability is not None:
+            probability[i] = patch.probability
+    return TileSeries(grid, row, col, tuple(years), classes, None, probability, {})
+
+
+def mining_per_row(stack: np.ndarray) -> np.ndarray:
+    """Mining pixels in each row of each year: (years, rows) int32, so true row areas can weigh them."""
+    return np.count_nonzero(stack == MINING, axis=2).astype(np.int32)
+
+
+def temporal_filter_tile(tile: TileSeries, params: FilterParams, keep_origin: bool) -> TileSeries:
+    """Gap fill and temporal filter of one tile (the per-pixel half of DESIGN.md §3)."""
+    rows: dict[str, np.ndarray] = {}
+    classes, origin, _ = apply_temporal_chain(tile.classes, params, on_stage=lambda stage, stack: rows.__setitem__(stage, mining_per_row(stack)))
+    return dataclasses.replace(tile, classes=classes, origin=origin if keep_origin else None, mining_rows=rows)
+
+
+def halo_strips(tile: TileSeries, halo: int) -> list[tuple[tuple[int, int], HaloStrip]]:
+    """The strips of this tile that each of its eight neighbours needs: ((row, col) of the neighbour, strip).
+
+    A neighbour below (dr = +1) needs this tile's bottom `halo` rows, one to the right its right
+    columns, and so on; a neighbour that does not exist simply never receives its strip.
+    """
+    rows, cols = tile.classes.shape[1:]
+    halo = min(halo, rows, cols)
+    out = []
+    for dr, dc in NEIGHBOURS:
+        row_slice = slice(rows - halo, rows) if dr == 1 else slice(0, halo) if dr == -1 else slice(0, rows)
+        col_slice = slice(cols - halo, cols) if dc == 1 else slice(0, halo) if dc == -1 else slice(0, cols)
+        strip = HaloStrip(tile.row, tile.col, row_slice, col_slice, tile.classes[:, row_slice, col_slice].copy())
+        out.append(((tile.row + dr, tile.col + dc), strip))
+    return out
+
+
+def pad_with_halo(tile: TileSeries, strips: Iterable[HaloStrip], halo: int) -> np.ndarray:
+    """The tile's classes with `halo` pixels of its neighbours around it; 255 where there is none.
+
+    Padding with 255 (not observed) is exact at the raster's own edges: a not-observed pixel never
+    joins a mining component and never votes in the mode, just like a pixel outside the raster.
+    """
+    years, rows, cols = tile.classes.shape
+    halo = min(halo, rows, cols)
+    padded = np.full((years, rows + 2 * halo, cols + 2 * halo), NOT_OBSERVED, dtype=np.uint8)
+    padded[:, halo: halo + rows, halo: halo + cols] = tile.classes
+    for strip in strips:
+        dr, dc = strip.source_row - tile.row, strip.source_col - tile.col
+        # The strip sits beside the core on the side it came from.
+        top = halo + (rows if dr == 1 else -halo if dr == -1 else 0)
+        left = halo + (cols if dc == 1 else -halo if dc == -1 else 0)
+        height, width = strip.classes.shape[1:]
+        padded[:, top: top + height, left: left + width] = strip.classes
+    return padded
+
+
+def spatial_frequency_tile(tile: TileSeries, strips: Iterable[HaloStrip], params: FilterParams, spatial: bool) -> TileSeries:
+    """Spatial filter (exact across tile edges, from the neighbours' strips) then frequency filter of one tile."""
+    rows = dict(tile.mining_rows)
+    classes = tile.classes
+    if spatial:
+        halo = params.spatial_halo
+        padded = pad_with_halo(tile, strips, halo)
+        for t in range(padded.shape[0]):
+            _spatial_year_inplace(padded[t], params.mode, params.min_component_size, params.spatial_window)
+        h = min(halo, *classes.shape[1:])
+        classes = np.ascontiguousarray(padded[:, h: h + classes.shape[1], h: h + classes.shape[2]])
+    else:
+        classes = classes.copy()
+    rows["spatial"] = mining_per_row(classes)
+    _frequency_inplace(classes, params.mode, params.frequency_cut_percent)
+    rows["frequency"] = mining_per_row(classes)
+    return dataclasses.replace(tile, classes=classes, mining_rows=rows)
+
+
+def split_years(tile: TileSeries) -> list[tuple[tuple[str, int], YearTile]]:
+    """One ((grid, year), YearTile) per year of a filtered tile."""
+    out = []
+    for i, year in enumerate(tile.years):
+        out.append(((tile.grid, year), YearTile(
+            grid=tile.grid,
+            year=year,
+            row=tile.row,
+            col=tile.col,
+            classes=tile.classes[i],
+            origin=None if tile.origin is None else tile.origin[i],
+            probability=None if tile.probability is None else tile.probability[i],
+            mining_rows={stage: values[i] for stage, values in tile.mining_rows.items()},
+        )))
+    return out
+
+
+def assemble_year(tiles: Iterable[YearTile], patch_rows: int, patches_per_row: int, patch_size: int, years: Sequence[int]) -> dict[str, np.ndarray]:
+    """Place one (grid, year)'s tiles into whole rasters: classes, and origin/probability where carried.
+
+    Tiles that never arrived stay 255. Origin indices become origin years − 1900 (255 none).
+    """
+    shape = (patch_rows * patch_size, patches_per_row * patch_size)
+    rasters: dict[str, np.ndarray] = {"classes": np.full(shape, NOT_OBSERVED, dtype=np.uint8)}
+    year_lookup = np.full(256, NO_ORIGIN, dtype=np.uint8)
+    year_lookup[: len(years)] = [y - 1900 for y in years]
+    for tile in tiles:
+        r0, c0 = tile.row * patch_size, tile.col * patch_size
+        window = (slice(r0, r0 + patch_size), slice(c0, c0 + patch_size))
+        rasters["classes"][window] = tile.classes
+        for name, values in (("origin", tile.origin), ("probability", tile.probability)):
+            if values is None:
+                continue
+            if name not in rasters:
+                rasters[name] = np.full(shape, NOT_OBSERVED, dtype=np.uint8)
+            rasters[name][window] = year_lookup[values] if name == "origin" else values
+    return rasters
+
+
+def mining_rows_of_raster(tiles: Iterable[YearTile], patch_rows: int, patch_size: int) -> dict[str, np.ndarray]:
+    """Mining pixels per raster row of a (grid, year) after each stage, summed over its tiles."""
+    total: dict[str, np.ndarray] = {}
+    for tile in tiles:
+        for stage, values in tile.mining_rows.items():
+            rows = total.setdefault(stage, np.zeros(patch_rows * patch_size, dtype=np.int64))
+            rows[tile.row * patch_size: tile.row * patch_size + len(values)] += values
+    return total

@@ -1,0 +1,163 @@
+"""The whole pipeline on the FnApiRunner over generated Earth Engine exports, with a stand-in model
+whose output is known, checked pixel by pixel against the filter engine run on the whole raster."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+import rasterio
+from rio_cogeo.cogeo import cog_validate
+
+from pipeline.exports import encode_example, frame_record
+from pipeline.filters import FilterParams, apply_chain
+from pipeline.run import run
+
+BANDS = ("swir1", "nir", "red", "mndwi", "ndvi", "ndsi")
+PATCH, KERNEL, ROWS, COLS = 16, 4, 2, 3
+YEARS = list(range(2000, 2008))
+RES = 0.00026949458523585647
+
+
+def stand_in_model(path: str) -> str:
+    """A real Keras model: p = sigmoid((swir1 − 100) / 10), so mining ⇔ swir1 ≥ 100 at threshold 0.5."""
+    import keras
+
+    inputs = keras.Input((None, None, len(BANDS)))
+    conv = keras.layers.Conv2D(1, 1, activation="sigmoid")
+    model = keras.Model(inputs, conv(inputs))
+    weights = np.zeros((1, 1, len(BANDS), 1), dtype=np.float32)
+    weights[0, 0, 0, 0] = 0.1
+    conv.set_weights([weights, np.array([-10.0], dtype=np.float32)])
+    model.save(path)
+    return path
+
+
+def truth_stack(seed: int = 3) -> np.ndarray:
+    """Classes (years, H, W): growing pits, speckle that the filters remove, clouds, one blank patch-year."""
+    rng = np.random.default_rng(seed)
+    height, width = ROWS * PATCH, COLS * PATCH
+    stack = np.zeros((len(YEARS), height, width), dtype=np.uint8)
+    for t in range(len(YEARS)):
+        stack[t, 10:14 + t, 12:18 + t] = 1  # a pit straddling the tile edges at rows/cols 16 and 32
+        stack[t, 2:4, 40:43] = 1 if t >= 3 else 0  # a 6-pixel pit: removed by the spatial filter
+        stack[t][rng.random((height, width)) < 0.01] = 1  # classifier speckle
+    clouds = rng.random(stack.shape) < 0.08
+    stack[clouds] = 255
+    stack[5, :PATCH, PATCH: 2 * PATCH] = 255  # patch 1 fully masked in 2005
+    return stack
+
+
+def write_exports(root, stack: np.ndarray, grids=("1010",), skip_year=None) -> None:
+    """Earth Engine–layout exports: per (grid, year) a mixer and two gzipped shards of buffered records."""
+    half = KERNEL // 2
+    for grid in grids:
+        for t, year in enumerate(YEARS):
+            if year == skip_year:
+                continue
+            folder = root / grid / str(year)
+            folder.mkdir(parents=True)
+            mixer = {
+                "projection": {"crs": "EPSG:4326", "affine": {"doubleMatrix": [RES, 0.0, -54.0, 0.0, -RES, -3.0]}},
+                "patchDimensions": [PATCH, PATCH],
+                "patchesPerRow": COLS,
+                "totalPatches": ROWS * COLS,
+            }
+            (folder / f"mining_{grid}_{year}-mixer.json").write_text(json.dumps(mixer))
+            padded = np.pad(stack[t], half, constant_values=255)
+            records = []
+            for index in range(ROWS * COLS):
+                r, c = divmod(index, COLS)
+                classes = padded[r * PATCH: r * PATCH + PATCH + KERNEL, c * PATCH: c * PATCH + PATCH + KERNEL]
+                swir1 = np.select([classes == 1, classes == 0], [200.0, 50.0], 0.0)
+                features = {band: (swir1 if i == 0 else np.where(classes == 255, 0.0, 120.0)) for i, band in enumerate(BANDS)}
+                records.append(frame_record(encode_example(features)))
+            for shard, chunk in enumerate((records[:4], records[4:])):
+                with gzip.open(folder / f"mining_{grid}_{year}-{shard:05d}.tfrecord.gz", "wb") as handle:
+                    handle.write(b"".join(chunk))
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return stand_in_model(str(tmp_path_factory.mktemp("model") / "stand_in.keras"))
+
+
+def pipeline_args(exports, output, model, *extra):
+    return ["--exports", str(exports), "--output", str(output), "--model", model, "--max_batch_size", "4",
+            "--direct_num_workers", "1", *extra]
+
+
+def expected_cog(stack: np.ndarray, params: FilterParams) -> np.ndarray:
+    result = apply_chain(stack, params).classes
+    return np.select([result == 1, result == 0], [30, 0], 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["appendix", "c9-code"])
+def test_pipeline_cogs_equal_the_engine_on_the_whole_raster(tmp_path, model_path, mode):
+    stack = truth_stack()
+    write_exports(tmp_path / "exports", stack)
+    summary = run(pipeline_args(tmp_path / "exports", tmp_path / "out", model_path, "--filter_mode", mode,
+                                "--probability_band", "true", "--origin_band", "true"))
+    assert summary["counts"] == {"written": len(YEARS)}
+    expected = expected_cog(stack, FilterParams(mode=mode))
+    origin = apply_chain(stack, FilterParams(mode=mode)).origin
+    for t, year in enumerate(YEARS):
+        path = tmp_path / "out" / "1010" / f"1010_{year}.tif"
+        assert cog_validate(str(path))[0]
+        with rasterio.open(path) as cog:
+            classes, probability, origin_band = cog.read()
+            assert cog.crs.to_epsg() == 4326
+            assert cog.transform.c == pytest.approx(-54.0) and cog.transform.f == pytest.approx(-3.0)
+            assert cog.tags()["grid"] == "1010" and cog.tags()["year"] == str(year) and cog.tags()["filter_mode"] == mode
+        assert (classes == expected[t]).all(), f"{mode} {year}: {np.argwhere(classes != expected[t])[:5]}"
+        observed = stack[t] != 255
+        assert (probability[~observed] == 255).all()
+        assert (probability[observed & (stack[t] == 1)] == 254).all()  # sigmoid(10) × 255, capped at 254
+        assert (probability[observed & (stack[t] == 0)] == 2).all()  # sigmoid(−5) × 255 = 1.71
+        want_origin = np.where(origin[t] == 255, 255, np.array(YEARS)[np.minimum(origin[t], len(YEARS) - 1)] - 1900)
+        assert (origin_band == want_origin).all()
+    entry = summary["grid_years"][0]
+    assert entry["status"] == "written" and entry["mining_pixels"]["input"] == int((stack[0] == 1).sum())
+    assert entry["mining_pixels"]["frequency"] == int((expected[0] == 30).sum())
+    assert summary["metrics"]["patches_inferred"] + summary["metrics"]["patches_not_observed"] == len(YEARS) * ROWS * COLS
+    assert summary["metrics"]["patches_not_observed"] == 1
+
+
+def test_every_grid_year_is_accounted_for(tmp_path, model_path):
+    stack = truth_stack(5)
+    write_exports(tmp_path / "exports", stack, grids=("1010", "1011"), skip_year=2003)
+    # Corrupt one shard of grid 1011 in 2006: its records are lost, the rest goes on.
+    shard = tmp_path / "exports" / "1011" / "2006" / "mining_1011_2006-00001.tfrecord.gz"
+    shard.write_bytes(shard.read_bytes()[:60])
+    summary = run(pipeline_args(tmp_path / "exports", tmp_path / "out", model_path, "--grids", "1010-1012"))
+    status = {(e["grid"], e["year"]): e for e in summary["grid_years"]}
+    assert len(status) == 3 * len(YEARS)
+    assert status[("1010", 2003)]["status"] == "skipped" and status[("1011", 2003)]["status"] == "skipped"
+    assert all(status[("1012", y)]["status"] == "skipped" for y in YEARS)
+    assert status[("1011", 2006)]["status"] == "failed" and "00001" in status[("1011", 2006)]["reason"]
+    written = [k for k, v in status.items() if v["status"] == "written"]
+    assert len(written) == 2 * (len(YEARS) - 1) - 1
+    for grid, year in written:
+        assert (tmp_path / "out" / grid / f"{grid}_{year}.tif").exists()
+    dead = [json.loads(line) for line in (tmp_path / "out" / "dead_letter.jsonl").read_text().splitlines()]
+    assert dead and all(d["grid"] == "1011" and d["year"] == 2006 for d in dead)
+    # The skipped year is not observed for the filters: grid 1010 equals the engine with 2003 all 255.
+    gapped = stack.copy()
+    gapped[YEARS.index(2003)] = 255
+    expected = expected_cog(gapped, FilterParams())
+    with rasterio.open(tmp_path / "out" / "1010" / "1010_2004.tif") as cog:
+        assert (cog.read(1) == expected[YEARS.index(2004)]).all()
+    assert not [p for p in os.listdir(tmp_path / "out" / "1010") if "partial" in p]
+
+
+def test_rerun_overwrites_with_identical_files(tmp_path, model_path):
+    stack = truth_stack(9)
+    write_exports(tmp_path / "exports", stack)
+    args = pipeline_args(tmp_path / "exports", tmp_path / "out", model_path, "--years", "2000-2007")
+    run(args)
+    first = {p: (tmp_path / "out" / "1010" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "1010")}
+    run(args)
+    second = {p: (tmp_path / "out" / "1010" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "1010")}
+    assert first == second and len(first) == len(YEARS)
