@@ -23,9 +23,6 @@ from pipeline.filters import (
     apply_temporal_chain,
 )
 
-NEIGHBOURS: tuple[tuple[int, int], ...] = tuple((dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1) if (dr, dc) != (0, 0))
-
-
 @dataclasses.dataclass
 class ClassifiedPatch:
     """One patch after inference: classes 0 / 1 / 255 and the probability as uint8 (p × 255)."""
@@ -132,37 +129,50 @@ def temporal_filter_tile(tile: TileSeries, params: FilterParams, keep_origin: bo
 
 
 def halo_strips(tile: TileSeries, halo: int) -> list[tuple[tuple[int, int], HaloStrip]]:
-    """The strips of this tile that each of its eight neighbours needs: ((row, col) of the neighbour, strip).
+    """The parts of this tile that other tiles need as context: ((row, col) of the receiver, strip).
 
-    A neighbour below (dr = +1) needs this tile's bottom `halo` rows, one to the right its right
-    columns, and so on; a neighbour that does not exist simply never receives its strip.
+    A receiver's padded window reaches `halo` pixels beyond its own edges; every tile sends it the
+    pixels that fall inside that window (with tiles smaller than the halo, that is more than the eight
+    next-door tiles). A receiver that does not exist simply never gets its strip.
     """
-    rows, cols = tile.classes.shape[1:]
-    halo = min(halo, rows, cols)
+    size_r, size_c = tile.classes.shape[1:]
+    reach_r, reach_c = -(-halo // size_r), -(-halo // size_c)
     out = []
-    for dr, dc in NEIGHBOURS:
-        row_slice = slice(rows - halo, rows) if dr == 1 else slice(0, halo) if dr == -1 else slice(0, rows)
-        col_slice = slice(cols - halo, cols) if dc == 1 else slice(0, halo) if dc == -1 else slice(0, cols)
-        strip = HaloStrip(tile.row, tile.col, row_slice, col_slice, tile.classes[:, row_slice, col_slice].copy())
-        out.append(((tile.row + dr, tile.col + dc), strip))
+    for dr in range(-reach_r, reach_r + 1):
+        for dc in range(-reach_c, reach_c + 1):
+            if (dr, dc) == (0, 0):
+                continue
+            rows = _overlap(tile.row, tile.row + dr, size_r, halo)
+            cols = _overlap(tile.col, tile.col + dc, size_c, halo)
+            if rows is None or cols is None:
+                continue
+            strip = HaloStrip(tile.row, tile.col, rows, cols, tile.classes[:, rows, cols].copy())
+            out.append(((tile.row + dr, tile.col + dc), strip))
     return out
 
 
+def _overlap(source: int, target: int, size: int, halo: int) -> slice | None:
+    """Rows (or columns) of tile `source`, in its own coordinates, inside tile `target`'s padded window."""
+    start = max(source * size, target * size - halo)
+    stop = min((source + 1) * size, (target + 1) * size + halo)
+    if start >= stop:
+        return None
+    return slice(start - source * size, stop - source * size)
+
+
 def pad_with_halo(tile: TileSeries, strips: Iterable[HaloStrip], halo: int) -> np.ndarray:
-    """The tile's classes with `halo` pixels of its neighbours around it; 255 where there is none.
+    """The tile's classes with `halo` pixels of context around it; 255 where there is none.
 
     Padding with 255 (not observed) is exact at the raster's own edges: a not-observed pixel never
     joins a mining component and never votes in the mode, just like a pixel outside the raster.
     """
     years, rows, cols = tile.classes.shape
-    halo = min(halo, rows, cols)
     padded = np.full((years, rows + 2 * halo, cols + 2 * halo), NOT_OBSERVED, dtype=np.uint8)
     padded[:, halo: halo + rows, halo: halo + cols] = tile.classes
     for strip in strips:
-        dr, dc = strip.source_row - tile.row, strip.source_col - tile.col
-        # The strip sits beside the core on the side it came from.
-        top = halo + (rows if dr == 1 else -halo if dr == -1 else 0)
-        left = halo + (cols if dc == 1 else -halo if dc == -1 else 0)
+        # Global pixel position of the strip, relative to the top-left of this tile's padded window.
+        top = (strip.source_row - tile.row) * rows + strip.rows.start + halo
+        left = (strip.source_col - tile.col) * cols + strip.cols.start + halo
         height, width = strip.classes.shape[1:]
         padded[:, top: top + height, left: left + width] = strip.classes
     return padded
@@ -177,8 +187,7 @@ def spatial_frequency_tile(tile: TileSeries, strips: Iterable[HaloStrip], params
         padded = pad_with_halo(tile, strips, halo)
         for t in range(padded.shape[0]):
             _spatial_year_inplace(padded[t], params.mode, params.min_component_size, params.spatial_window)
-        h = min(halo, *classes.shape[1:])
-        classes = np.ascontiguousarray(padded[:, h: h + classes.shape[1], h: h + classes.shape[2]])
+        classes = np.ascontiguousarray(padded[:, halo: halo + classes.shape[1], halo: halo + classes.shape[2]])
     else:
         classes = classes.copy()
     rows["spatial"] = mining_per_row(classes)
