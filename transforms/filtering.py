@@ -1,8 +1,8 @@
 """The post-classification chain of DESIGN.md §3 as Beam transforms over pixel tiles.
 
 Patches are regrouped by tile (grid, patch row, patch column) across years for gap fill and the
-temporal filter; each tile then sends its edge strips to its eight neighbours, so the spatial
-filter of every tile sees a halo wide enough to make it exactly the whole-raster filter; the
+temporal filter; each tile then sends its edge strips to the tiles whose halo they fall in, so the
+spatial filter of every tile sees context wide enough to make it exactly the whole-raster filter; the
 frequency filter follows per tile; finally the tiles are split back per (grid, year).
 """
 from __future__ import annotations
