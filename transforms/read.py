@@ -1,0 +1,145 @@
+"""READ stage: Earth Engine TFRecord exports → keyed patches, geometries, dead letters (DESIGN §2).
+
+A thin Beam shell over `pipeline.exports.read_export`: one element per (grid, year) reads that export's
+mixer and shards in order (streaming, one record at a time) and routes what it finds to four outputs.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Sequence
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.metrics import Metrics
+
+from pipeline.exports import (
+    DEFAULT_NODATA,
+    DeadLetter,
+    ExportGeometry,
+    ExportPatch,
+    MissingExport,
+    export_dir_of,
+    read_export,
+    read_export_patches,  # noqa: F401 - the strict non-Beam reader, re-exported for scripts and benchmarks
+)
+
+METRICS_NAMESPACE = "mining_mapper.read"
+PATCHES = "patches"
+GEOMETRY = "geometry"
+DEAD_LETTER = "dead_letter"
+MISSING = "missing"
+
+
+class _ReadExportFn(beam.DoFn):
+    """(grid, year) → patches (main output) and tagged geometry / dead_letter / missing outputs."""
+
+    def __init__(
+        self,
+        exports_root: str,
+        bands: tuple[str, ...],
+        nodata_values: tuple[float, ...],
+        kernel: int | None,
+        fill_value: float | None,
+    ):
+        super().__init__()
+        self._root = exports_root
+        self._bands = bands
+        self._nodata = nodata_values
+        self._kernel = kernel
+        self._fill = fill_value
+        self._patches = Metrics.counter(METRICS_NAMESPACE, "patches_read")
+        self._not_observed = Metrics.counter(METRICS_NAMESPACE, "not_observed_pixels")
+        self._dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
+        self._missing = Metrics.counter(METRICS_NAMESPACE, "missing_exports")
+        self._exports = Metrics.counter(METRICS_NAMESPACE, "exports_read")
+
+    def process(self, element: tuple[str, int]) -> Iterator:
+        """Read one (grid, year) export, routing each event to its output and counting it."""
+        grid, year = element
+        export_dir = export_dir_of(self._root, grid, year)
+        for event in read_export(
+            export_dir, grid, year, self._bands, self._nodata, kernel=self._kernel, fill_value=self._fill
+        ):
+            if isinstance(event, ExportPatch):
+                self._patches.inc()
+                _, core_observed = event.core()
+                self._not_observed.inc(int(core_observed.size - int(core_observed.sum())))
+                yield (event.key, event)
+            elif isinstance(event, ExportGeometry):
+                self._exports.inc()
+                yield pvalue.TaggedOutput(GEOMETRY, ((event.grid, event.year), event))
+            elif isinstance(event, DeadLetter):
+                self._dead.inc()
+                yield pvalue.TaggedOutput(DEAD_LETTER, event.as_dict())
+            elif isinstance(event, MissingExport):
+                self._missing.inc()
+                yield pvalue.TaggedOutput(MISSING, ((event.grid, event.year), event.reason))
+            else:  # pragma: no cover - read_export yields only the four kinds
+                raise TypeError(f"unexpected read event {event!r}")
+
+
+class ReadEarthEngineExports(beam.PTransform):
+    """Read the Earth Engine exports `{exports_root}/{grid}/{year}/` of the given (grid, year) pairs.
+
+    Returns a dict of PCollections:
+      - "patches": ((grid, year, patch_index), ExportPatch), bands in `bands` order with the kernel
+        buffer kept (the model sees the context; crop after inference with `ExportPatch.core()` or
+        `pipeline.exports.crop_buffer`), not-observed pixels filled with `fill_value`;
+      - "geometry": ((grid, year), ExportGeometry) for every export whose mixer was read;
+      - "dead_letter": {grid, year, file, record (patch index or None), reason} for every bad record,
+        unreadable shard, shard that cannot be placed, and record-count mismatch with the mixer;
+      - "missing": ((grid, year), reason) when the export folder or its mixer is absent.
+    Metrics (namespace "mining_mapper.read"): patches_read, not_observed_pixels (in the unbuffered
+    patches), dead_letters, missing_exports, exports_read.
+
+    `kernel` (even) makes the record size a check (records must be patch + kernel square); by default it
+    is read from each export's records. `reshuffle` redistributes the patches after reading, so that
+    the heavy steps downstream (inference) are not fused to the one worker that read an export.
+    """
+
+    def __init__(
+        self,
+        exports_root: str,
+        grid_years: Iterable[tuple[str, int]],
+        bands: Sequence[str],
+        nodata_values: Sequence[float] = DEFAULT_NODATA,
+        *,
+        kernel: int | None = None,
+        fill_value: float | None = 0.0,
+        reshuffle: bool = True,
+        label: str | None = None,
+    ):
+        super().__init__(label)
+        bands = tuple(bands)
+        if not bands:
+            raise ValueError("ReadEarthEngineExports needs at least one band")
+        if len(set(bands)) != len(bands):
+            raise ValueError(f"duplicate band names in {bands}")
+        if kernel is not None and (kernel < 0 or kernel % 2):
+            raise ValueError(f"kernel must be even and >= 0, got {kernel}")
+        self._root = str(exports_root)
+        self._grid_years = sorted({(str(grid), int(year)) for grid, year in grid_years})
+        self._bands = bands
+        self._nodata = tuple(float(v) for v in nodata_values)
+        self._kernel = kernel
+        self._fill = fill_value
+        self._reshuffle = reshuffle
+
+    def expand(self, pbegin: pvalue.PBegin) -> dict[str, beam.PCollection]:
+        """(grid, year) elements → one read per export → the four outputs (patches reshuffled if asked)."""
+        outputs = (
+            pbegin
+            | "GridYears" >> beam.Create(self._grid_years)
+            | "ReadExports"
+            >> beam.ParDo(
+                _ReadExportFn(self._root, self._bands, self._nodata, self._kernel, self._fill)
+            ).with_outputs(GEOMETRY, DEAD_LETTER, MISSING, main=PATCHES)
+        )
+        patches = outputs[PATCHES]
+        if self._reshuffle:
+            patches = patches | "SpreadPatches" >> beam.Reshuffle()
+        return {
+            PATCHES: patches,
+            GEOMETRY: outputs[GEOMETRY],
+            DEAD_LETTER: outputs[DEAD_LETTER],
+            MISSING: outputs[MISSING],
+        }
