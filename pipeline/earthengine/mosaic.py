@@ -1,0 +1,145 @@
+"""Annual Landsat mosaics in Earth Engine (DESIGN.md §1.1–1.2).
+
+Landsat Collection 2 Tier 1 TOA; before 2014 Landsat 5 + 7 + 8, from 2014 Landsat 8 + 9. Pixels whose
+QA_PIXEL has bit 1 (dilated cloud), 3 (cloud) or 4 (cloud shadow) set are masked. Bands are renamed blue,
+green, red, nir, swir1, swir2; the indices are computed on every image (as the published C9 code does:
+`collection.map(createIndexs)`) and the median of every image from 1 January to 31 December (end exclusive,
+1 January of the next year) is taken per band. Stored scaling, as published: reflectance × 255,
+index (x + 1) × 127, clamped to 0–255 and cast to bytes; bands in the preset's order (the model's input).
+
+  NDVI  = (nir − red) / (nir + red)
+  MNDWI = (green − swir1) / (green + swir1)
+  NDSI  = (swir1 − nir) / (swir1 + nir)   (the soil/built-up index of the published code, not the snow index)
+
+Every function returns an `ee` object (a lazy graph); nothing here talks to the server.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+COLLECTIONS = {
+    "L5": "LANDSAT/LT05/C02/T1_TOA",
+    "L7": "LANDSAT/LE07/C02/T1_TOA",
+    "L8": "LANDSAT/LC08/C02/T1_TOA",
+    "L9": "LANDSAT/LC09/C02/T1_TOA",
+}
+# The sensor bands that become blue, green, red, nir, swir1, swir2 (Collection 2 names).
+SENSOR_BANDS = {
+    "L5": ("B1", "B2", "B3", "B4", "B5", "B7"),
+    "L7": ("B1", "B2", "B3", "B4", "B5", "B7"),
+    "L8": ("B2", "B3", "B4", "B5", "B6", "B7"),
+    "L9": ("B2", "B3", "B4", "B5", "B6", "B7"),
+}
+REFLECTANCE_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")
+QA_BAND = "QA_PIXEL"
+QA_MASK_BITS = (1, 3, 4)  # dilated cloud, cloud, cloud shadow
+QA_MASK = sum(1 << bit for bit in QA_MASK_BITS)
+# index name -> (first, second) of the normalized difference (first - second) / (first + second)
+INDICES = {
+    "ndvi": ("nir", "red"),
+    "mndwi": ("green", "swir1"),
+    "ndsi": ("swir1", "nir"),
+}
+PRESETS = {
+    "appendix": ("swir1", "nir", "red", "mndwi", "ndvi", "ndsi"),
+    "c9-code": ("swir1", "nir", "red", "green", "mndwi", "ndvi"),
+}
+FIRST_YEAR = 1985
+SENSOR_SWITCH_YEAR = 2014
+REFLECTANCE_SCALE = 255
+INDEX_SCALE = 127
+
+
+def preset_bands(preset: str) -> tuple[str, ...]:
+    """The band names of a preset, in the model's input order; ValueError for an unknown preset."""
+    try:
+        return PRESETS[preset]
+    except KeyError:
+        raise ValueError(f"unknown band preset {preset!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def sensors_for_year(year: int) -> tuple[str, ...]:
+    """The Landsat sensors merged for `year`: L5, L7, L8 before 2014; L8, L9 from 2014."""
+    if int(year) != year or year < FIRST_YEAR:
+        raise ValueError(f"year {year!r}: mosaics start in {FIRST_YEAR}")
+    return ("L5", "L7", "L8") if year < SENSOR_SWITCH_YEAR else ("L8", "L9")
+
+
+def year_dates(year: int) -> tuple[str, str]:
+    """(start, end) dates of the calendar year, end exclusive: ('YYYY-01-01', 'YYYY+1-01-01')."""
+    return f"{year:04d}-01-01", f"{year + 1:04d}-01-01"
+
+
+def mask_clouds(image):
+    """Mask pixels whose QA_PIXEL has bit 1, 3 or 4 set (one bitwiseAnd against 0b11010)."""
+    import ee
+
+    image = ee.Image(image)
+    clear = image.select(QA_BAND).bitwiseAnd(QA_MASK).eq(0)
+    return image.updateMask(clear)
+
+
+def add_indices(image, names: Sequence[str] = tuple(INDICES)):
+    """Add the named normalized-difference indices (ndvi, mndwi, ndsi) to an image with renamed bands."""
+    import ee
+
+    image = ee.Image(image)
+    bands = [image.normalizedDifference(list(INDICES[name])).rename(name) for name in names]
+    return image.addBands(bands)
+
+
+def prepare_image(sensor: str, indices: Sequence[str] = tuple(INDICES)):
+    """The per-image step for one sensor: cloud mask, band renaming, indices (a function for `map`)."""
+    import ee
+
+    sensor_bands = list(SENSOR_BANDS[sensor])
+
+    def prepare(image):
+        image = mask_clouds(ee.Image(image))
+        renamed = image.select(sensor_bands, list(REFLECTANCE_BANDS))
+        return add_indices(renamed, indices)
+
+    return prepare
+
+
+def landsat_collection(year: int, region=None, indices: Sequence[str] = tuple(INDICES)):
+    """Every Landsat TOA image of `year` (masked, renamed, with indices) from the sensors of that year."""
+    import ee
+
+    start, end = year_dates(year)
+    merged = None
+    for sensor in sensors_for_year(year):
+        collection = ee.ImageCollection(COLLECTIONS[sensor]).filterDate(start, end)
+        if region is not None:
+            collection = collection.filterBounds(region)
+        collection = collection.map(prepare_image(sensor, indices))
+        merged = collection if merged is None else merged.merge(collection)
+    return merged
+
+
+def scale_to_bytes(image, bands: Sequence[str]):
+    """Stored scaling: reflectance × 255, index (x + 1) × 127, each clamped to 0–255, cast to uint8."""
+    import ee
+
+    image = ee.Image(image)
+    scaled = []
+    for band in bands:
+        if band in INDICES:
+            value = image.select(band).add(1).multiply(INDEX_SCALE)
+        elif band in REFLECTANCE_BANDS:
+            value = image.select(band).multiply(REFLECTANCE_SCALE)
+        else:
+            raise ValueError(f"band {band!r} is neither a reflectance band nor an index")
+        scaled.append(value.clamp(0, 255))
+    return ee.Image.cat(scaled).toByte().rename(list(bands))
+
+
+def annual_mosaic(year: int, preset: str = "appendix", region=None):
+    """The calendar-year median mosaic of `year`, scaled to bytes, with the preset's bands in order."""
+    import ee
+
+    bands = preset_bands(preset)
+    indices = [band for band in bands if band in INDICES]
+    median = landsat_collection(year, region, indices).median()
+    mosaic = scale_to_bytes(median, bands)
+    return ee.Image(mosaic.set({"year": year, "preset": preset}))
