@@ -1,6 +1,7 @@
 # Two entry points, each doing all set-up on a fresh machine:
-#   make demo   creates .venv, installs the project and runs the main job on sample data
-#   make test   creates .venv, installs the project with its test extra and runs the test suite
+#   make demo   creates .venv, installs the project, then generates sample Earth Engine exports, trains the
+#               demo U-Net on the sample's training patches (seeded) and runs the whole pipeline on them
+#   make test   creates .venv, installs the project with its test extra and runs the test suite (CI: .ci/run)
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ SHARED ?= ../shared/data
 DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-filter test test-browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,13 +22,33 @@ $(VENV)/.installed: $(BIN)/python setup.py constraints.txt
 setup: $(VENV)/.installed
 
 demo: setup
+	$(BIN)/mining-mapper sample --output $(DEMO_OUT)/sample
+	$(BIN)/mining-mapper train $(DEMO_OUT)/sample/training --output $(DEMO_OUT)/model \
+	    --base-filters 8 --depth 3 --epochs 25 --learning-rate 0.002 --batch-size 8 --seed 0 --restart
+	$(BIN)/mining-mapper run --exports $(DEMO_OUT)/sample/exports --model $(DEMO_OUT)/model/model \
+	    --output $(DEMO_OUT)/run --probability_band true --origin_band true
+	$(BIN)/mining-mapper report $(DEMO_OUT)/run --output $(DEMO_OUT)/report
+	@echo "COGs:    $(DEMO_OUT)/run/{grid}/{grid}_{year}.tif"
+	@echo "summary: $(DEMO_OUT)/run/summary.json"
+	@echo "report:  $(DEMO_OUT)/report/report.html"
+
+# The post-classification filters alone, on the real MapBiomas Collection 6 series of ../shared/data.
+demo-filter: setup
 	$(BIN)/mining-mapper filter $(SHARED)/mapbiomas_c6_lourenco --output $(DEMO_OUT)/lourenco --origin-band
 
-test: setup
+# Chromium for the report's browser test (Debian's package; the test skips, saying so, without it).
+test-browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
+	    echo "chromium not installed: the report's browser test will skip"; }
+
+test: setup test-browser
 	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS) tests
 
 bench: setup
 	$(BIN)/python bench/bench_filters.py
+	$(BIN)/python bench/bench_pipeline.py
+	$(BIN)/python bench/bench_model.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .hypothesis

@@ -30,6 +30,8 @@ TEST_REQUIRES = [
     "pytest-xdist>=3.6",
     "hypothesis>=6.100",
     "gcp-storage-emulator>=2024.8.3",
+    "websockets>=12",  # the report's browser test talks to headless Chromium over the DevTools protocol
+    "pyyaml>=6",  # cloudbuild.yaml is parsed by the template tests
 ]
 
 setup(

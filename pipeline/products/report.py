@@ -59,8 +59,28 @@ def scan_run(root: str, class_id_dirs: Sequence[str] = (), product_dirs: Sequenc
     summary_path = pio.join(root, "summary.json")
     summary = pio.read_json(summary_path) if pio.exists(summary_path) else None
     areas_path = pio.join(root, "areas.csv")
-    filter_areas = read_filter_areas(areas_path) if pio.exists(areas_path) else None
+    filter_areas = read_filter_areas(areas_path) if pio.exists(areas_path) else pipeline_filter_areas(summary)
     return RunContents(root, classification, class_id, others, summary, filter_areas)
+
+
+def pipeline_filter_areas(summary: object) -> list[dict] | None:
+    """Per-year hectares after each filter stage, summed over grids, from the pipeline's summary.json.
+
+    The pipeline records `mining_ha` per stage for every written grid-year; years with nothing
+    written are left out. None when the summary has no such records (e.g. an older run).
+    """
+    if not isinstance(summary, Mapping) or not isinstance(summary.get("grid_years"), list):
+        return None
+    by_year: dict[int, dict[str, float]] = {}
+    for entry in summary["grid_years"]:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("mining_ha"), Mapping):
+            continue
+        totals = by_year.setdefault(int(entry["year"]), {})
+        for stage, hectares in entry["mining_ha"].items():
+            totals[stage] = totals.get(stage, 0.0) + float(hectares)
+    if not by_year:
+        return None
+    return [{"year": year, **stages} for year, stages in sorted(by_year.items())]
 
 
 def read_filter_areas(path: str) -> list[dict]:
@@ -163,9 +183,13 @@ def reduce_classes(values: np.ndarray, mining_value: int, nodata, max_side: int)
 
 
 def reduce_probability(values: np.ndarray, max_side: int) -> np.ndarray:
-    """Block maximum of a uint8 probability band (p × 255) as floats 0–1."""
+    """Block maximum of a uint8 probability band (p × 255; 255 = not observed) as floats 0–1, NaN where not observed."""
     factor = max(1, -(-max(values.shape) // max_side))
-    return _block_view(values, factor, 0).max(axis=2).astype(float) / 255.0
+    blocks = _block_view(values, factor, 255)
+    observed = blocks != 255
+    peak = np.where(observed, blocks, 0).max(axis=2).astype(float) / 255.0
+    peak[~observed.any(axis=2)] = np.nan
+    return peak
 
 
 def _read_band(path: str, band: int) -> tuple[np.ndarray, float | None]:
@@ -250,6 +274,8 @@ def summary_records(summary: object) -> list[dict]:
         return [_flatten(r) for r in summary if isinstance(r, Mapping)]
     if not isinstance(summary, Mapping):
         return []
+    if isinstance(summary.get("grid_years"), list):  # the pipeline's own summary
+        return [_flatten(r) for r in summary["grid_years"] if isinstance(r, Mapping)]
     for value in summary.values():
         if isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
             return [_flatten(r) for r in value]
