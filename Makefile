@@ -22,7 +22,7 @@ $(VENV)/.installed: $(BIN)/python setup.py constraints.txt
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/mining-mapper sample --output $(DEMO_OUT)/sample
+	$(BIN)/mining-mapper sample --output $(DEMO_OUT)/sample --overwrite
 	$(BIN)/mining-mapper train $(DEMO_OUT)/sample/training --output $(DEMO_OUT)/model \
 	    --base-filters 8 --depth 3 --epochs 25 --learning-rate 0.002 --batch-size 8 --seed 0 --restart
 	$(BIN)/mining-mapper run --exports $(DEMO_OUT)/sample/exports --model $(DEMO_OUT)/model/model \

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -11,9 +10,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline.errors import UserError
 from model.presets import BAND_PRESETS
 from pipeline.filters import MODES, FilterParams
+from pipeline.ranges import parse_int_list
 
 SPATIAL_FILTER_PLACES = ("local", "earthengine", "off")
-_RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
 
 
 class MiningMapperOptions(PipelineOptions):
@@ -80,21 +79,6 @@ class RunConfig:
             if grid in route.grids:
                 return route
         return next(route for route in self.routes if not route.grids)
-
-
-def parse_id_list(text: str, what: str) -> list[int]:
-    """'1985-1990,1995' → [1985, …, 1990, 1995]; a clear error names the bad part."""
-    values: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        match = _RANGE.match(part)
-        if not match:
-            raise UserError(f"--{what}: {part!r} is not a number or a START-END range")
-        start = int(match.group(1))
-        end = int(match.group(2) or start)
-        if end < start:
-            raise UserError(f"--{what}: range {part!r} runs backwards")
-        values.extend(range(start, end + 1))
-    return sorted(set(values))
 
 
 def load_routes(national: str | None, routing_file: str) -> tuple[ModelRoute, ...]:
@@ -176,8 +160,8 @@ def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | No
     if problems:
         raise UserError("; ".join(problems))
     routes = load_routes(view.model, view.model_routing)
-    grids = [str(g) for g in parse_id_list(view.grids, "grids")]
-    years = parse_id_list(view.years, "years")
+    grids = [str(g) for g in parse_int_list(view.grids, "grids")]
+    years = parse_int_list(view.years, "years")
     if not grids or not years:
         discovered = discover_grid_years(view.exports) if discovered is None else discovered
         if not discovered and (not grids or not years):

@@ -7,7 +7,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.errors import UserError
-from pipeline.options import build_config, discover_grid_years, grid_years, load_routes, option_names, parse_id_list
+from pipeline.options import build_config, discover_grid_years, grid_years, load_routes, option_names
+from pipeline.ranges import parse_int_list as parse_id_list
 
 
 def config(*args, discovered=None):

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from rasterio.windows import Window
 
     from pipeline.areas import pixel_areas_m2
-    from pipeline.commands.stats import parse_years
+    from pipeline.ranges import parse_years
     from pipeline.earthengine.tables import load_class_id_table
     from pipeline.errors import UserError
     from pipeline.products import io as pio

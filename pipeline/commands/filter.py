@@ -32,23 +32,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
 
 
-def parse_years(text: str | None) -> list[int] | None:
-    """'1985-2020' or '1985,1990' → list of years; None stays None."""
-    from pipeline.errors import UserError
-
-    if not text:
-        return None
-    try:
-        if "-" in text and "," not in text:
-            start, end = (int(v) for v in text.split("-", 1))
-            if end < start:
-                raise ValueError
-            return list(range(start, end + 1))
-        return sorted(int(v) for v in text.split(","))
-    except ValueError:
-        raise UserError(f"--years {text!r}: expected START-END or a comma-separated list of years") from None
-
-
 def _progress(quiet: bool):
     start = time.monotonic()
 
@@ -65,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.areas import hectares_per_year, pixel_areas_m2
     from pipeline.errors import UserError
     from pipeline.filters import STAGES, FilterParams, apply_chain
+    from pipeline.ranges import parse_years
     from pipeline.rasters import (
         classes_to_output,
         encode_cog,

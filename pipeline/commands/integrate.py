@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     """Integrate every mining grid-year with its land-cover year and publish the COGs and a summary."""
     import json
 
-    from pipeline.commands.stats import parse_years
+    from pipeline.ranges import parse_years
     from pipeline.earthengine.tables import load_prevalence_table
     from pipeline.errors import UserError
     from pipeline.products import io as pio

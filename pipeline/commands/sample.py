@@ -57,14 +57,9 @@ def _parse_patches(text: str) -> tuple[int, int]:
 
 
 def _parse_ids(text: str | None) -> tuple[int, ...]:
-    from pipeline.errors import UserError
+    from pipeline.ranges import parse_int_list
 
-    if not text:
-        return ()
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UserError(f"--grid-ids {text!r}: expected a comma list of integers") from None
+    return tuple(parse_int_list(text, "grid-ids"))
 
 
 def _prepare_output(output: str, overwrite: bool) -> None:

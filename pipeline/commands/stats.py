@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.ranges import parse_years
+
 NAME = "stats"
 HELP = "Mining area per year (total, per grid, per class_id) in hectares from true pixel areas; CSV and JSON."
 
@@ -22,23 +24,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--years", help="years to measure, START-END or a comma list (default: all found)")
     parser.add_argument("--chunk-rows", type=int, default=512, help="rows read at a time (bounds memory; default 512)")
     parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
-
-
-def parse_years(text: str | None) -> list[int] | None:
-    """'1985-2020' or '1985,1990' → a list of years; None stays None."""
-    from pipeline.errors import UserError
-
-    if not text:
-        return None
-    try:
-        if "-" in text and "," not in text:
-            start, end = (int(v) for v in text.split("-", 1))
-            if end < start:
-                raise ValueError
-            return list(range(start, end + 1))
-        return sorted(int(v) for v in text.split(","))
-    except ValueError:
-        raise UserError(f"--years {text!r}: expected START-END or a comma-separated list of years") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from pipeline.errors import UserError
+from pipeline.ranges import parse_int_list
 
 
 @dataclass(frozen=True)
@@ -101,20 +102,7 @@ C9_GRID = Grid()
 
 def parse_ids(text: str, grid: Grid = C9_GRID) -> list[int]:
     """Parse '12,15-18' into sorted unique ids, checking each is a cell of `grid`."""
-    ids: set[int] = set()
-    for part in (p.strip() for p in str(text).split(",")):
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                low, high = (int(v) for v in part.split("-", 1))
-                if high < low:
-                    raise ValueError
-                ids.update(range(low, high + 1))
-            else:
-                ids.add(int(part))
-        except ValueError as error:
-            raise UserError(f"grid ids: {part!r} is not an id or a low-high range") from error
+    ids = parse_int_list(text, "grids")
     for cell in ids:
         try:
             grid.col_row(cell)

@@ -4,24 +4,12 @@ from __future__ import annotations
 from pipeline.earthengine import grid as grid_lib
 from pipeline.earthengine.retry import Backoff
 from pipeline.errors import UserError
+from pipeline.ranges import parse_int_list
 
 
 def parse_years(text: str) -> list[int]:
     """Parse '1985-1990,2000' into sorted unique years (each 1984…2100)."""
-    years: set[int] = set()
-    for part in (p.strip() for p in str(text).split(",")):
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                low, high = (int(v) for v in part.split("-", 1))
-                if high < low:
-                    raise ValueError
-                years.update(range(low, high + 1))
-            else:
-                years.add(int(part))
-        except ValueError as error:
-            raise UserError(f"--years: {part!r} is not a year or a low-high range") from error
+    years = parse_int_list(text, "years")
     if not years:
         raise UserError("--years: no year given")
     for year in years:
