@@ -115,30 +115,35 @@ def test_serving_output_equals_transform_then_model(trained_run):
         model(raw[..., :5])
 
 
-def test_exported_model_through_the_beam_handler_matches_in_memory(trained_run):
+def test_exported_model_through_the_pipeline_handler_matches_in_memory(trained_run):
+    """The pipeline's own inference transform (RunInference with PatchModelHandler) loads the export."""
     import apache_beam as beam
-    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
     from apache_beam.options.pipeline_options import PipelineOptions
     from apache_beam.testing.util import assert_that
 
     from model.export import load_serving_model
-    from model.handler import ServingModelHandler
+    from pipeline.exports import ExportPatch
+    from pipeline.options import ModelRoute
+    from pipeline.tiles import classify_patch
+    from transforms.inference import ClassifyPatches
 
     _, run = trained_run
     model_dir = str(run / "model")
     raw, _ = synthetic_patches(5, P, BANDS, seed=7)
     expected = load_serving_model(model_dir)(raw)
-    keyed = [((1000, 2020, i), raw[i]) for i in range(len(raw))]
+    observed = np.ones((P, P), dtype=bool)
+    keyed = [((1000, 2020, i), ExportPatch(1000, 2020, i, 0, i, 0, raw[i], observed)) for i in range(len(raw))]
 
     def matches(results):
         assert sorted(k for k, _ in results) == [k for k, _ in keyed]
-        for (_, _, i), result in results:
-            assert result.inference.shape == (P, P, 1)
-            np.testing.assert_allclose(result.inference, expected[i], rtol=1e-5, atol=1e-6)
+        for (_, _, i), patch in results:
+            classes, probability = classify_patch(expected[i], observed, 0, 0.5)
+            np.testing.assert_array_equal(patch.classes, classes)
+            assert np.abs(patch.probability.astype(int) - probability.astype(int)).max() <= 1
 
-    handler = KeyedModelHandler(ServingModelHandler(model_dir, max_batch_size=2))
+    route = (ModelRoute("national", model_dir, ()),)
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
-        out = p | beam.Create(keyed) | RunInference(handler)
+        out = p | beam.Create(keyed) | ClassifyPatches(route, 0.5, min_batch_size=1, max_batch_size=2)
         assert_that(out, matches)
 
 
@@ -246,22 +251,6 @@ def test_loss_counts_observed_pixels_only():
     dice = 1 - (2 * (0.9 + 0.3) + 1) / ((0.9 + 0.2 + 0.3) + 2 + 1)
     assert float(make_loss("dice")(y, p, w)) == pytest.approx(dice, rel=1e-5)
     assert float(make_loss("bce+dice")(y, p, w)) == pytest.approx(bce + dice, rel=1e-5)
-
-
-def test_grid_to_model_routing():
-    from model.handler import ModelRouting
-    from pipeline.errors import UserError
-
-    routing = ModelRouting.from_dict({
-        "default": {"name": "national", "path": "/m/national"},
-        "routes": [{"name": "minas-gerais", "path": "/m/mg", "grids": [1523, 1574]}],
-    })
-    assert routing.model_for(1523) == "minas-gerais" and routing.model_for(7) == "national"
-    assert routing.path_of("minas-gerais") == "/m/mg"
-    assert set(routing.handlers()) == {"national", "minas-gerais"}
-    with pytest.raises(UserError, match="grid 5 is routed to both"):
-        ModelRouting.from_dict({"default": {"path": "/a"}, "routes": [
-            {"name": "x", "path": "/x", "grids": [5]}, {"name": "y", "path": "/y", "grids": [5]}]})
 
 
 def test_block_split_c9_code_run_validates_on_its_blocks(tmp_path):
