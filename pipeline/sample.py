@@ -32,17 +32,16 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from pipeline.earthengine.grid import C9_GRID
 from pipeline.errors import UserError
 from pipeline.exports import BAND_PRESETS, encode_example, frame_record
 
 # ----------------------------------------------------------------------------------------------------
 # Constants: the Collection 9 lattice, the export grid, land cover and its reflectances
 
-C9_ORIGIN_LON = -73.990450
-C9_ORIGIN_LAT = 5.271841
-C9_STRIDE = 0.77832
-C9_CELL = 0.8648
-C9_SIZE = 51
+C9_ORIGIN_LON = C9_GRID.origin_lon
+C9_ORIGIN_LAT = C9_GRID.origin_lat
+C9_STRIDE = C9_GRID.stride
 PIXEL_DEGREES = 30.0 / (6378137.0 * 2 * math.pi / 360)  # a 30 m export in EPSG:4326, as Earth Engine converts it
 CRS = "EPSG:4326"
 
@@ -98,21 +97,18 @@ Watch polygons (../shared/data/labels) and the MapBiomas Lourenço rasters, or p
 
 def c9_grid_id(lon: float, lat: float) -> int:
     """Id of the Collection 9 cell whose stride square holds (lon, lat): col * 51 + row + 1 (DESIGN §1.3)."""
-    col = math.floor((lon - C9_ORIGIN_LON) / C9_STRIDE)
-    row = math.floor((C9_ORIGIN_LAT - lat) / C9_STRIDE)
-    if not (0 <= col < C9_SIZE and 0 <= row < C9_SIZE):
-        raise UserError(f"({lon}, {lat}) is outside the Collection 9 grid")
-    return col * C9_SIZE + row + 1
+    try:
+        return C9_GRID.cell_at(lon, lat)
+    except ValueError:
+        raise UserError(f"({lon}, {lat}) is outside the Collection 9 grid") from None
 
 
 def c9_grid_bounds(grid_id: int) -> tuple[float, float, float, float]:
     """(west, south, east, north) in degrees of Collection 9 cell `grid_id`."""
-    if not 1 <= grid_id <= C9_SIZE * C9_SIZE:
-        raise UserError(f"grid id {grid_id} is outside 1..{C9_SIZE * C9_SIZE}")
-    col, row = divmod(grid_id - 1, C9_SIZE)
-    west = C9_ORIGIN_LON + col * C9_STRIDE
-    north = C9_ORIGIN_LAT - row * C9_STRIDE
-    return (west, north - C9_CELL, west + C9_CELL, north)
+    try:
+        return C9_GRID.bounds(grid_id)
+    except ValueError as error:
+        raise UserError(str(error)) from None
 
 
 # ----------------------------------------------------------------------------------------------------

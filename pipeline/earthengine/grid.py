@@ -43,6 +43,12 @@ class Grid:
             raise ValueError(f"grid id {cell_id} is outside 1..{self.ncols * self.nrows}")
         return divmod(cell_id - 1, self.nrows)
 
+    def cell_at(self, lon: float, lat: float) -> int:
+        """Id of the cell whose stride square (its own part, before the overlap) holds (lon, lat)."""
+        col = math.floor((lon - self.origin_lon) / self.stride)
+        row = math.floor((self.origin_lat - lat) / self.stride)
+        return self.cell_id(col, row)
+
     @property
     def ids(self) -> list[int]:
         """Every cell id, ascending."""
