@@ -35,13 +35,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 
-try:  # the model's presets are the single source of truth when the model package is installed
-    from model.presets import BAND_PRESETS
-except ImportError:  # pragma: no cover - a checkout without model/
-    BAND_PRESETS: dict[str, tuple[str, ...]] = {
-        "appendix": ("swir1", "nir", "red", "mndwi", "ndvi", "ndsi"),
-        "c9-code": ("swir1", "nir", "red", "green", "mndwi", "ndvi"),
-    }
+from model.presets import BAND_PRESETS  # noqa: F401 - re-exported for the reader and the sample
 
 log = logging.getLogger(__name__)
 
