@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 from pipeline import __version__
 from pipeline.errors import UserError
+from pipeline.gpu import check_gpu
 from pipeline.options import MiningMapperOptions, RunConfig, build_config, grid_years
 from pipeline.rasters import publish_atomically
 from transforms.filtering import FilterTiles
@@ -73,7 +74,7 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> beam.PCollection:
     """Add the whole job to `pipeline`; returns the PCollection of per-(grid, year) statuses."""
     read = pipeline | "Read exports" >> ReadEarthEngineExports(config.exports, grid_years(config), config.bands, config.export_nodata)
     classified = read["patches"] | "Classify" >> ClassifyPatches(
-        config.routes, config.threshold, config.min_batch_size, config.max_batch_size
+        config.routes, config.threshold, config.min_batch_size, config.max_batch_size, config.require_gpu
     )
     tiles = classified | "Filter" >> FilterTiles(
         config.years, config.filter_params, config.spatial_filter == "local", config.probability_band, config.origin_band
@@ -95,24 +96,16 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> beam.PCollection:
     return statuses
 
 
-def check_gpu(required: bool) -> None:
-    """Fail early when GPUs were requested and TensorFlow sees none (a misconfigured worker image)."""
-    if not required:
-        return
-    import tensorflow as tf
-
-    if not tf.config.list_physical_devices("GPU"):
-        raise UserError("--require_gpu true, but TensorFlow sees no GPU (check the worker accelerator and the CUDA image)")
-
-
 def run(argv: Sequence[str] | None = None) -> dict:
     """Validate the options, run the pipeline, wait, and return the summary (local runs)."""
     options = PipelineOptions(list(argv) if argv is not None else sys.argv[1:])
-    config = build_config(options)
-    check_gpu(config.require_gpu)
     standard = options.view_as(StandardOptions)
+    local = standard.runner in LOCAL_RUNNERS
+    if local:  # inference runs in this process: check before reading anything
+        check_gpu(options.view_as(MiningMapperOptions).require_gpu == "true")
+    config = build_config(options)
     runner = None
-    if standard.runner in LOCAL_RUNNERS:
+    if local:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
         runner = FnApiRunner()

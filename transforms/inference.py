@@ -15,6 +15,7 @@ import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.metrics import Metrics
 
+from pipeline.gpu import check_gpu
 from pipeline.options import ModelRoute
 from pipeline.tiles import ClassifiedPatch, classify_patch, not_observed_patch
 
@@ -49,16 +50,18 @@ class PatchModelHandler(ModelHandler[Any, ClassifiedPatch, Any]):
     probabilities afterwards, and not-observed pixels stay 255 (DESIGN.md §2).
     """
 
-    def __init__(self, model_path: str, threshold: float, min_batch_size: int = 1, max_batch_size: int = 16):
+    def __init__(self, model_path: str, threshold: float, min_batch_size: int = 1, max_batch_size: int = 16, require_gpu: bool = False):
         super().__init__()
         self._model_path = model_path
+        self._require_gpu = require_gpu
         self._threshold = threshold
         self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
         self._inferred = Metrics.counter(METRICS_NAMESPACE, "patches_inferred")
         self._skipped = Metrics.counter(METRICS_NAMESPACE, "patches_not_observed")
 
     def load_model(self):
-        """Load the serving model (once per worker process; RunInference shares it)."""
+        """Load the serving model (once per worker process; RunInference shares it), on a GPU if required."""
+        check_gpu(self._require_gpu)
         return load_model(self._model_path)
 
     def update_model_path(self, model_path: str | None = None) -> None:
@@ -111,8 +114,9 @@ def _is_keras(model) -> bool:
 class ClassifyPatches(beam.PTransform):
     """((grid, year, index), ExportPatch) → ((grid, year, index), ClassifiedPatch), per-grid model routing."""
 
-    def __init__(self, routes: Sequence[ModelRoute], threshold: float, min_batch_size: int, max_batch_size: int):
+    def __init__(self, routes: Sequence[ModelRoute], threshold: float, min_batch_size: int, max_batch_size: int, require_gpu: bool = False):
         super().__init__()
+        self._require_gpu = require_gpu
         self._routes = tuple(routes)
         self._threshold = threshold
         self._min_batch_size = min_batch_size
@@ -128,7 +132,7 @@ class ClassifyPatches(beam.PTransform):
         classified = []
         for route, part in zip(routes, parts):
             handler = KeyedModelHandler(
-                PatchModelHandler(route.path, self._threshold, self._min_batch_size, self._max_batch_size)
+                PatchModelHandler(route.path, self._threshold, self._min_batch_size, self._max_batch_size, self._require_gpu)
             )
             classified.append(part | f"Infer {route.name}" >> RunInference(handler))
         return classified | "Merge models" >> beam.Flatten()
