@@ -93,7 +93,6 @@ def bench_inference(model_path: str, count: int, side: int, kernel: int, batch: 
 
 def bench_sample_stages(model_path: str, workdir: str) -> None:
     """Seconds per grid-year of the sample, split into read / infer / filter / write."""
-    from pipeline.exports import export_dir_of, list_export, parse_mixer
     from pipeline.filters import FilterParams
     from pipeline.rasters import classes_to_output, encode_cog, write_atomically
     from pipeline.sample import generate_sample
@@ -106,7 +105,7 @@ def bench_sample_stages(model_path: str, workdir: str) -> None:
         stack_tile_years,
         temporal_filter_tile,
     )
-    from transforms.read import read_export_patches
+    from pipeline.exports import read_export_patches
 
     sample = generate_sample(os.path.join(workdir, "sample"))
     exports, grids, years = sample.exports, sample.grids, sample.years

@@ -35,8 +35,6 @@ import numpy as np
 
 from pipeline.errors import UserError
 
-from model.presets import BAND_PRESETS  # noqa: F401 - re-exported for the reader and the sample
-
 log = logging.getLogger(__name__)
 
 DEFAULT_NODATA: tuple[float, ...] = (-9999.0,)

@@ -10,6 +10,7 @@ import dataclasses
 import glob
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -270,22 +271,28 @@ def write_atomically(path: str, data: bytes) -> None:
     publish_atomically({path: data})
 
 
-def publish_atomically(files: Mapping[str, bytes]) -> None:
+def publish_atomically(files: Mapping[str, bytes | os.PathLike]) -> None:
     """Write several files as one step: all under temporary names first, then each renamed into place.
 
+    A value is the file's bytes, or a local file to stream (large COGs need not be held in memory).
     If any write fails, every temporary is removed and no final name is touched, so a failed run
-    never leaves a half-written output set. Works for local paths and gs:// through Beam's FileSystems.
+    never leaves a half-written output set. Works for local paths and gs:// through Beam's FileSystems
+    (a rename onto an existing object replaces it, locally and on Cloud Storage).
     """
     from apache_beam.io.filesystems import FileSystems
 
     staged: dict[str, str] = {}
     try:
         for path, data in files.items():
-            directory, name = os.path.split(path)
-            temporary = os.path.join(directory, f".{name}.partial-{uuid.uuid4().hex}")
+            directory, name = path.rsplit("/", 1) if "://" in path else os.path.split(path)
+            temporary = f"{directory}/.{name}.partial-{uuid.uuid4().hex}" if "://" in path else os.path.join(directory, f".{name}.partial-{uuid.uuid4().hex}")
             staged[temporary] = path
             with FileSystems.create(temporary) as handle:
-                handle.write(data)
+                if isinstance(data, (bytes, bytearray)):
+                    handle.write(data)
+                else:
+                    with open(data, "rb") as source:
+                        shutil.copyfileobj(source, handle, 8 << 20)
     except BaseException:
         leftovers = [t for t in staged if FileSystems.exists(t)]
         if leftovers:

@@ -34,7 +34,8 @@ import numpy as np
 
 from pipeline.earthengine.grid import C9_GRID
 from pipeline.errors import UserError
-from pipeline.exports import BAND_PRESETS, encode_example, frame_record
+from model.presets import BAND_PRESETS
+from pipeline.exports import encode_example, frame_record
 
 # ----------------------------------------------------------------------------------------------------
 # Constants: the Collection 9 lattice, the export grid, land cover and its reflectances

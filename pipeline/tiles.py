@@ -8,7 +8,7 @@ filters per tile, the spatial filter per tile with a halo of neighbour pixels, a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

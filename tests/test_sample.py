@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.presets import BAND_PRESETS
 from pipeline import exports as ex
 from pipeline import sample as S
 from pipeline.cli import main
@@ -20,7 +21,7 @@ def small_sample(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("sample")
     generated = S.generate_sample(str(out), SMALL)
     assert generated.grids == ("1137", "2021") and generated.training_grids == ("1432", "1545")
-    assert generated.years == tuple(range(1985, 2024)) and generated.bands == ex.BAND_PRESETS["appendix"]
+    assert generated.years == tuple(range(1985, 2024)) and generated.bands == BAND_PRESETS["appendix"]
     assert generated.exports == str(out / "exports") and Path(generated.truth_path("1137", 2000)).is_file()
     assert json.loads((out / "sample.json").read_text()) == generated.manifest
     return out, generated.manifest
@@ -123,7 +124,7 @@ def test_spec_validation():
 
 def test_layout_mixer_and_georeference(small_sample):
     out, manifest = small_sample
-    assert manifest["bands"] == list(ex.BAND_PRESETS["appendix"]) and manifest["record_side"] == 48
+    assert manifest["bands"] == list(BAND_PRESETS["appendix"]) and manifest["record_side"] == 48
     sample = [g for g in manifest["grids"] if g["kind"] == "sample"]
     assert [g["grid"] for g in sample] == ["1137", "2021"]
     for g in sample:

@@ -19,7 +19,6 @@ from pipeline.exports import (
     MissingExport,
     export_dir_of,
     read_export,
-    read_export_patches,  # noqa: F401 - the strict non-Beam reader, re-exported for scripts and benchmarks
 )
 
 METRICS_NAMESPACE = "mining_mapper.read"

@@ -11,8 +11,6 @@ import glob
 import json
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 
 import rasterio
@@ -21,7 +19,6 @@ from pipeline.errors import UserError
 from pipeline.rasters import RASTER_SUFFIXES, year_from_name
 
 REMOTE_PREFIXES = ("gs://",)
-_CHUNK = 8 * 1024 * 1024
 
 
 def is_remote(path: str) -> bool:
@@ -203,41 +200,10 @@ def read_json(path: str):
 
 
 def publish(files: Mapping[str, bytes | os.PathLike]) -> None:
-    """Write a set of outputs atomically: all under temporary names, then each renamed into place.
+    """Write a set of outputs atomically (see `pipeline.rasters.publish_atomically`)."""
+    from pipeline.rasters import publish_atomically
 
-    A value is either the bytes of the file or a local file to stream (large COGs are never held in
-    memory whole). On failure the temporaries are removed and no final name is touched.
-    """
-    from apache_beam.io.filesystems import FileSystems
-
-    staged: dict[str, str] = {}
-    try:
-        for path, data in files.items():
-            path = str(path)
-            if not is_remote(path):
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            directory, name = (path.rsplit("/", 1) if is_remote(path) else os.path.split(path))
-            temporary = join(directory, f".{name}.partial-{uuid.uuid4().hex}")
-            staged[temporary] = path
-            with FileSystems.create(temporary) as handle:
-                if isinstance(data, (bytes, bytearray)):
-                    handle.write(data)
-                else:
-                    with open(data, "rb") as source:
-                        shutil.copyfileobj(source, handle, _CHUNK)
-    except BaseException:
-        leftovers = [t for t in staged if FileSystems.exists(t)]
-        if leftovers:
-            FileSystems.delete(leftovers)
-        raise
-    for temporary, final in staged.items():
-        if not is_remote(final):
-            os.replace(temporary, final)
-    remote = {t: f for t, f in staged.items() if is_remote(f)}
-    if remote:
-        if any(FileSystems.exists(f) for f in remote.values()):
-            FileSystems.delete([f for f in remote.values() if FileSystems.exists(f)])
-        FileSystems.rename(list(remote), list(remote.values()))
+    publish_atomically({str(path): data for path, data in files.items()})
 
 
 def relative_href(target: str, start_dir: str) -> str:
