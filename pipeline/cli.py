@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in discover_commands():
-        command_parser = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        command_parser = sub.add_parser(
+            module.NAME, help=module.HELP, description=module.HELP, add_help=getattr(module, "ADD_HELP", True)
+        )
         module.configure(command_parser)
         command_parser.set_defaults(_run=module.run)
     return parser

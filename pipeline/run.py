@@ -136,8 +136,25 @@ def _metrics(result) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
+def print_help() -> None:
+    """The pipeline's own options (Beam's flags, e.g. --runner, are accepted too)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="mining-mapper run",
+        description="Earth Engine TFRecord exports → U-Net inference → post-classification filters → COGs.",
+        epilog="Beam's own flags pass through: --runner DataflowRunner --project … --region … --temp_location …",
+    )
+    MiningMapperOptions._add_argparse_args(parser)
+    parser.print_help()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m pipeline.run` and `mining-mapper run`: prints where the outputs are."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print_help()
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         summary = run(argv)

@@ -94,3 +94,12 @@ def test_option_names_are_stable():
     names = option_names()
     assert {"exports", "output", "grids", "years", "model", "model_routing", "band_preset", "threshold", "filter_mode",
             "spatial_filter", "min_batch_size", "max_batch_size"} <= set(names)
+
+
+def test_run_help_lists_the_pipeline_options(capsys):
+    from pipeline.cli import main
+
+    assert main(["run", "--help"]) == 0
+    text = capsys.readouterr().out
+    for name in option_names():
+        assert f"--{name}" in text
