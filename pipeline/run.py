@@ -72,7 +72,12 @@ def _write_run_files(statuses: list[dict], dead_letters: list[dict], config: Run
 
 def build(pipeline: beam.Pipeline, config: RunConfig) -> beam.PCollection:
     """Add the whole job to `pipeline`; returns the PCollection of per-(grid, year) statuses."""
-    read = pipeline | "Read exports" >> ReadEarthEngineExports(config.exports, grid_years(config), config.bands, config.export_nodata)
+    # No reshuffle after reading: a run has thousands of (grid, year) elements, which already spread
+    # the fused read → inference stage over the workers; a reshuffle would move every float32 record
+    # (up to 512 × 512 × 6 × 4 bytes each) through the shuffle instead of the 256 × 256 uint8 classes.
+    read = pipeline | "Read exports" >> ReadEarthEngineExports(
+        config.exports, grid_years(config), config.bands, config.export_nodata, reshuffle=False
+    )
     classified = read["patches"] | "Classify" >> ClassifyPatches(
         config.routes, config.threshold, config.min_batch_size, config.max_batch_size, config.require_gpu
     )
