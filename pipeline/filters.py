@@ -268,14 +268,24 @@ _VOTE[NOT_MINING] = -1
 def _window_vote(year: np.ndarray, window: int) -> np.ndarray:
     """(mining − not mining) neighbours in the window × window neighbourhood of every pixel.
 
-    Not-observed pixels and pixels outside the raster do not vote. Two separable integer passes:
-    exact, and in int8 (or int16 for windows over 11) to keep memory traffic low.
+    Not-observed pixels and pixels outside the raster do not vote. A separable box sum of shifted
+    views in int8 (int16 for windows over 11): exact, and cheaper than a general correlation.
     """
     dtype = np.int8 if window <= 11 else np.int16
-    votes = _VOTE.astype(dtype)[year]
-    weights = np.ones(window, dtype=dtype)
-    votes = ndimage.correlate1d(votes, weights, axis=0, output=dtype, mode="constant", cval=0)
-    return ndimage.correlate1d(votes, weights, axis=1, output=dtype, mode="constant", cval=0)
+    votes = np.take(_VOTE.astype(dtype), year)
+    half = window // 2
+    rows, cols = year.shape
+    padded = np.zeros((rows + 2 * half, cols), dtype=dtype)
+    padded[half: half + rows] = votes
+    column_sums = padded[0:rows].copy()
+    for shift in range(1, window):
+        column_sums += padded[shift: shift + rows]
+    padded = np.zeros((rows, cols + 2 * half), dtype=dtype)
+    padded[:, half: half + cols] = column_sums
+    box = padded[:, 0:cols].copy()
+    for shift in range(1, window):
+        box += padded[:, shift: shift + cols]
+    return box
 
 
 def spatial_filter_year(year: np.ndarray, mode: Mode = "appendix", min_component_size: int = 10, spatial_window: int = 3) -> np.ndarray:
