@@ -137,15 +137,17 @@ def _fill_from_later(stack, filled, origin, last_source: int) -> None:
     next_value = np.full(rows_cols, NOT_OBSERVED, dtype=np.uint8)
     next_index = np.full(rows_cols, NO_ORIGIN, dtype=np.uint8)
     observed = np.empty(rows_cols, dtype=bool)
+    gap = np.empty(rows_cols, dtype=bool)
     for t in range(last_source, -1, -1):
         year = stack[t]
         np.not_equal(year, NOT_OBSERVED, out=observed)
+        np.logical_not(observed, out=gap)
         # Observed pixels keep their value and are their own origin; the others take the carried one.
-        np.copyto(filled[t], next_value, where=~observed)
-        np.copyto(origin[t], next_index, where=~observed)
-        origin[t][observed] = t
+        np.copyto(filled[t], next_value, where=gap)
+        np.copyto(origin[t], next_index, where=gap)
+        np.copyto(origin[t], np.uint8(t), where=observed)
         np.copyto(next_value, year, where=observed)
-        next_index[observed] = t
+        np.copyto(next_index, np.uint8(t), where=observed)
 
 
 def _gap_fill_appendix(stack, filled, origin, backfill_limit: int) -> None:
@@ -160,16 +162,21 @@ def _gap_fill_appendix(stack, filled, origin, backfill_limit: int) -> None:
         return
     rows_cols = stack.shape[1:]
     prev_value = np.full(rows_cols, NOT_OBSERVED, dtype=np.uint8)
-    prev_index = np.zeros(rows_cols, dtype=np.int16)
+    prev_index = np.zeros(rows_cols, dtype=np.uint8)
+    observed = np.empty(rows_cols, dtype=bool)
+    reach = np.empty(rows_cols, dtype=bool)
     for t in range(n):
         year = stack[t]
         if t > 0:
-            reach = (filled[t] == NOT_OBSERVED) & (prev_value != NOT_OBSERVED) & (t - prev_index <= backfill_limit)
+            # Empty here, an earlier observation exists, and it lies at most backfill_limit years back.
+            np.equal(filled[t], NOT_OBSERVED, out=reach)
+            reach &= prev_value != NOT_OBSERVED
+            reach &= prev_index >= max(t - backfill_limit, 0)
             np.copyto(filled[t], prev_value, where=reach)
-            np.copyto(origin[t], prev_index.astype(np.uint8), where=reach)
-        observed = year != NOT_OBSERVED
+            np.copyto(origin[t], prev_index, where=reach)
+        np.not_equal(year, NOT_OBSERVED, out=observed)
         np.copyto(prev_value, year, where=observed)
-        np.copyto(prev_index, np.int16(t), where=observed)
+        np.copyto(prev_index, np.uint8(t), where=observed)
 
 
 def _gap_fill_c9(stack, filled, origin, backfill_limit: int, backfill_from: int) -> None:
