@@ -138,7 +138,10 @@ def test_exported_model_through_the_pipeline_handler_matches_in_memory(trained_r
         assert sorted(k for k, _ in results) == [k for k, _ in keyed]
         for (_, _, i), patch in results:
             classes, probability = classify_patch(expected[i], observed, 0, 0.5)
-            np.testing.assert_array_equal(patch.classes, classes)
+            # Batches of other sizes may differ in the last float bits: only a pixel within 1e-5 of the
+            # threshold may fall on the other side.
+            near = np.abs(expected[i][..., 0] - 0.5) < 1e-5
+            np.testing.assert_array_equal(patch.classes[~near], classes[~near])
             assert np.abs(patch.probability.astype(int) - probability.astype(int)).max() <= 1
 
     route = (ModelRoute("national", model_dir, ()),)
