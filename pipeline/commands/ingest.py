@@ -60,7 +60,7 @@ def cog_uris(args) -> list[str]:
 def run(args) -> int:
     """Build the manifests; dry run writes them, otherwise create the collection and start the ingestions."""
     from pipeline import __version__
-    from pipeline.earthengine import auth, exports, ingest, options
+    from pipeline.earthengine import auth, ingest, options
 
     backoff = options.backoff_from_args(args)
     ingest_options = ingest.IngestOptions(
@@ -84,11 +84,4 @@ def run(args) -> int:
     if ingest.ensure_collection(ingest_options, backoff):
         print(f"ingest: created ImageCollection {ingest.collection_name(args.collection)}")
     outcomes = ingest.ingest(items, ingest_options, overwrite=args.overwrite, per_second=args.rate, backoff=backoff)
-    started = [o.operation for o in outcomes if o.status == "started"]
-    print(f"ingest: {len(started)} started, {len(outcomes) - len(started)} skipped (existing)")
-    if args.wait and started:
-        result = exports.wait_for_operations(started, poll_seconds=args.poll_seconds, backoff=backoff)
-        if result.failures:
-            print(f"ingest: {len(result.failures)} of {len(started)} ingestions failed")
-            return 1
-    return 0
+    return options.report_started("ingest", outcomes, args, backoff, "ingestions")

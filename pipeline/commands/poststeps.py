@@ -94,7 +94,7 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
-    from pipeline.earthengine import auth, exports, options, poststeps
+    from pipeline.earthengine import auth, options, poststeps
 
     backoff = options.backoff_from_args(args)
     if args.dry_run:
@@ -112,11 +112,4 @@ def run(args) -> int:
     auth.initialize(auth.config_from_args(args))
     tasks = build_tasks(args)
     outcomes = poststeps.start_tasks(tasks, overwrite=args.overwrite, per_second=args.rate, backoff=backoff)
-    started = [o.operation for o in outcomes if o.status == "started"]
-    print(f"ee-poststeps: {len(started)} started, {len(outcomes) - len(started)} skipped (existing)")
-    if args.wait and started:
-        result = exports.wait_for_operations(started, poll_seconds=args.poll_seconds, backoff=backoff)
-        if result.failures:
-            print(f"ee-poststeps: {len(result.failures)} of {len(started)} tasks failed")
-            return 1
-    return 0
+    return options.report_started("ee-poststeps", outcomes, args, backoff, "tasks")

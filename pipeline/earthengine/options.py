@@ -59,3 +59,21 @@ def backoff_from_args(args) -> Backoff:
     if args.retries < 0 or args.backoff < 0 or args.rate <= 0:
         raise UserError("--retries and --backoff must be >= 0 and --rate > 0")
     return Backoff(retries=args.retries, base_delay=args.backoff)
+
+
+def report_started(command: str, outcomes, args, backoff: Backoff, what: str) -> int:
+    """Print how many operations started or were skipped; with --wait, poll them and fail on any failure.
+
+    Shared by the commands that start Earth Engine operations (ingestions, post-step tasks): exit 0,
+    or 1 when a waited-for operation failed (Earth Engine's own error text is printed while waiting).
+    """
+    from pipeline.earthengine import exports
+
+    started = [o.operation for o in outcomes if o.status == "started"]
+    print(f"{command}: {len(started)} started, {len(outcomes) - len(started)} skipped (existing)")
+    if args.wait and started:
+        result = exports.wait_for_operations(started, poll_seconds=args.poll_seconds, backoff=backoff)
+        if result.failures:
+            print(f"{command}: {len(result.failures)} of {len(started)} {what} failed")
+            return 1
+    return 0
