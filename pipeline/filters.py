@@ -64,6 +64,19 @@ class FilterParams:
         if self.c9_backfill_from_index < 0:
             raise ValueError(f"c9_backfill_from_index must be 0 or more, not {self.c9_backfill_from_index}")
 
+    @classmethod
+    def from_arguments(cls, arguments, mode: str) -> "FilterParams":
+        """Parameters from parsed arguments named like the fields (the filter command's and the
+        pipeline options' share these names; only the mode's option differs). ValueError when invalid."""
+        return cls(
+            mode=mode,
+            min_component_size=arguments.min_component_size,
+            spatial_window=arguments.spatial_window,
+            backfill_limit=arguments.backfill_limit,
+            frequency_cut_percent=arguments.frequency_cut,
+            c9_backfill_from_index=arguments.c9_backfill_from_index,
+        )
+
     @property
     def spatial_halo(self) -> int:
         """Pixels of context a tile needs on each side for the spatial filter to be exact."""

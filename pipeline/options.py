@@ -143,14 +143,7 @@ def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | No
     if view.min_batch_size < 1 or view.max_batch_size < view.min_batch_size:
         problems.append(f"--min_batch_size ({view.min_batch_size}) must be ≥ 1 and ≤ --max_batch_size ({view.max_batch_size})")
     try:
-        params = FilterParams(
-            mode=view.filter_mode,
-            min_component_size=view.min_component_size,
-            spatial_window=view.spatial_window,
-            backfill_limit=view.backfill_limit,
-            frequency_cut_percent=view.frequency_cut,
-            c9_backfill_from_index=view.c9_backfill_from_index,
-        )
+        params = FilterParams.from_arguments(view, mode=view.filter_mode)
     except ValueError as error:
         problems.append(str(error))
     try:

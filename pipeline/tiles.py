@@ -18,9 +18,9 @@ from pipeline.filters import (
     NO_ORIGIN,
     NOT_OBSERVED,
     FilterParams,
-    _frequency_inplace,
-    _spatial_year_inplace,
     apply_temporal_chain,
+    frequency_filter,
+    spatial_filter_tile,
 )
 
 @dataclasses.dataclass
@@ -184,14 +184,11 @@ def spatial_frequency_tile(tile: TileSeries, strips: Iterable[HaloStrip], params
     classes = tile.classes
     if spatial:
         halo = params.spatial_halo
-        padded = pad_with_halo(tile, strips, halo)
-        for t in range(padded.shape[0]):
-            _spatial_year_inplace(padded[t], params.mode, params.min_component_size, params.spatial_window)
-        classes = np.ascontiguousarray(padded[:, halo: halo + classes.shape[1], halo: halo + classes.shape[2]])
-    else:
-        classes = classes.copy()
+        classes = spatial_filter_tile(
+            pad_with_halo(tile, strips, halo), (halo,) * 4, params.mode, params.min_component_size, params.spatial_window
+        )
     rows["spatial"] = mining_per_row(classes)
-    _frequency_inplace(classes, params.mode, params.frequency_cut_percent)
+    classes = frequency_filter(classes, params.mode, params.frequency_cut_percent)
     rows["frequency"] = mining_per_row(classes)
     return dataclasses.replace(tile, classes=classes, mining_rows=rows)
 

@@ -85,7 +85,7 @@ class PatchModelHandler(ModelHandler[Any, ClassifiedPatch, Any]):
             by_shape.setdefault(patch.bands.shape, []).append(i)
         for indices in by_shape.values():
             inputs = np.stack([np.nan_to_num(batch[i].bands, nan=0.0) for i in indices]).astype(np.float32, copy=False)
-            probabilities = np.asarray(model(inputs, training=False) if _is_keras(model) else model(inputs))
+            probabilities = np.asarray(model(inputs, training=False))
             for j, i in enumerate(indices):
                 patch = batch[i]
                 classes, probability = classify_patch(probabilities[j], patch.observed, patch.kernel, self._threshold)
@@ -100,15 +100,6 @@ class PatchModelHandler(ModelHandler[Any, ClassifiedPatch, Any]):
     def get_metrics_namespace(self) -> str:
         """RunInference's metrics namespace."""
         return "BeamML_MiningMapper"
-
-
-def _is_keras(model) -> bool:
-    try:
-        import keras
-
-        return isinstance(model, keras.Model)
-    except ImportError:  # pragma: no cover - keras ships with tensorflow
-        return False
 
 
 class ClassifyPatches(beam.PTransform):

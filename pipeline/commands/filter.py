@@ -60,14 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     say = _progress(args.quiet)
     try:
-        params = FilterParams(
-            mode=args.mode,
-            min_component_size=args.min_component_size,
-            spatial_window=args.spatial_window,
-            backfill_limit=args.backfill_limit,
-            frequency_cut_percent=args.frequency_cut,
-            c9_backfill_from_index=args.c9_backfill_from_index,
-        )
+        params = FilterParams.from_arguments(args, mode=args.mode)
     except ValueError as error:
         raise UserError(str(error)) from None
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from model.presets import BAND_PRESETS
+
 COLLECTIONS = {
     "L5": "LANDSAT/LT05/C02/T1_TOA",
     "L7": "LANDSAT/LE07/C02/T1_TOA",
@@ -40,10 +42,7 @@ INDICES = {
     "mndwi": ("green", "swir1"),
     "ndsi": ("swir1", "nir"),
 }
-PRESETS = {
-    "appendix": ("swir1", "nir", "red", "mndwi", "ndvi", "ndsi"),
-    "c9-code": ("swir1", "nir", "red", "green", "mndwi", "ndvi"),
-}
+PRESETS = BAND_PRESETS  # the model's input order is the one table of presets
 FIRST_YEAR = 1985
 SENSOR_SWITCH_YEAR = 2014
 REFLECTANCE_SCALE = 255
