@@ -216,51 +216,35 @@ def encode_cog(
     blocksize: int = 256,
     compress: str = "DEFLATE",
 ) -> bytes:
-    """A Cloud-Optimized GeoTIFF (uint8, nodata 255, NEAREST overviews) of the bands, as bytes."""
-    first = bands[0]
-    profile = {
-        "driver": "GTiff",
-        "dtype": "uint8",
-        "count": len(bands),
-        "height": first.shape[0],
-        "width": first.shape[1],
-        "crs": crs,
-        "transform": transform,
-        "nodata": OUTPUT_NODATA,
-    }
-    with MemoryFile() as staging:
-        with staging.open(**profile) as dst:
+    """A Cloud-Optimized GeoTIFF (uint8, nodata 255, NEAREST overviews) of the bands, as bytes.
+
+    rasterio's COG driver stages the pixels itself and builds the COG layout on close.
+    """
+    with MemoryFile() as cog:
+        with rasterio.open(
+            cog.name,
+            "w",
+            driver="COG",
+            dtype="uint8",
+            count=len(bands),
+            height=bands[0].shape[0],
+            width=bands[0].shape[1],
+            crs=crs,
+            transform=transform,
+            nodata=OUTPUT_NODATA,
+            blocksize=blocksize,
+            compress=compress,
+            overview_resampling="nearest",
+            resampling="nearest",
+            bigtiff="IF_SAFER",
+        ) as dst:
             for index, band in enumerate(bands, start=1):
                 dst.write(band.astype(np.uint8, copy=False), index)
                 dst.set_band_description(index, descriptions[index - 1])
             if offsets is not None:
                 dst.offsets = tuple(offsets)
             dst.update_tags(**{"software": "mining-mapper", "software_version": __version__, **{k: str(v) for k, v in tags.items()}})
-        with staging.open() as src, MemoryFile() as cog:
-            profile = src.profile
-            with rasterio.open(
-                cog.name,
-                "w",
-                driver="COG",
-                dtype="uint8",
-                count=src.count,
-                height=src.height,
-                width=src.width,
-                crs=src.crs,
-                transform=src.transform,
-                nodata=OUTPUT_NODATA,
-                blocksize=blocksize,
-                compress=compress,
-                overview_resampling="nearest",
-                resampling="nearest",
-                bigtiff="IF_SAFER",
-            ) as dst:
-                dst.write(src.read())
-                for index in range(1, src.count + 1):
-                    dst.set_band_description(index, src.descriptions[index - 1])
-                dst.offsets = src.offsets
-                dst.update_tags(**src.tags())
-            return cog.read()
+        return cog.read()
 
 
 def write_atomically(path: str, data: bytes) -> None:
