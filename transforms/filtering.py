@@ -37,7 +37,7 @@ class _TemporalFilterTile(beam.DoFn):
         self._tiles = Metrics.counter(METRICS_NAMESPACE, "tiles_filtered")
 
     def process(self, element):
-        (grid, row, col), patches = element  # noqa: F841 - the key is carried by the patches
+        (grid, row, col), patches = element
         patches = list(patches)
         size = patches[0].classes.shape[0]
         tile = stack_tile_years(grid, row, col, self._years, patches, size, self._keep_probability)
