@@ -16,7 +16,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import filters as F  # noqa: E402
+from pipeline.method import filters as F  # noqa: E402
 from tests import reference_filters as ref  # noqa: E402
 
 

@@ -26,11 +26,11 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # noqa: E402
 
-from model.presets import BAND_PRESETS  # noqa: E402
+from pipeline.contract import BAND_PRESETS  # noqa: E402
 from model.unet import build_unet  # noqa: E402
-from pipeline.exports import ExportPatch  # noqa: E402
+from pipeline.elements import ExportPatch  # noqa: E402
 from pipeline.options import ModelRoute  # noqa: E402
-from pipeline.tiles import classify_patch  # noqa: E402
+from pipeline.method.tiles import classify_patch  # noqa: E402
 from transforms.inference import ClassifyPatches, load_model  # noqa: E402
 
 BANDS = BAND_PRESETS["appendix"]
@@ -93,19 +93,13 @@ def bench_inference(model_path: str, count: int, side: int, kernel: int, batch: 
 
 def bench_sample_stages(model_path: str, workdir: str) -> None:
     """Seconds per grid-year of the sample, split into read / infer / filter / write."""
-    from pipeline.filters import FilterParams
-    from pipeline.rasters import classes_to_output, encode_cog, write_atomically
-    from pipeline.sample import generate_sample
-    from pipeline.tiles import (
-        ClassifiedPatch,
-        assemble_year,
-        halo_strips,
-        spatial_frequency_tile,
-        split_years,
-        stack_tile_years,
-        temporal_filter_tile,
-    )
-    from pipeline.exports import read_export_patches
+    from pipeline.method.filters import FilterParams
+    from pipeline.io.cog import classes_to_output, encode_cog
+    from pipeline.io.filesystem import write_atomically
+    from pipeline.demo.sample import generate_sample
+    from pipeline.elements import ClassifiedPatch
+    from pipeline.method.tiles import assemble_year, halo_strips, spatial_frequency_tile, split_years, stack_tile_years, temporal_filter_tile
+    from pipeline.io.export_reader import read_export_patches
 
     sample = generate_sample(os.path.join(workdir, "sample"))
     exports, grids, years = sample.exports, sample.grids, sample.years

@@ -19,14 +19,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from model.presets import (
-    EXPORT_MAX,
-    INDEX_BANDS,
-    INDEX_OFFSET,
-    INDEX_SCALE,
-    LABEL_FEATURE,
-    REFLECTANCE_SCALE,
-)
+from pipeline.contract import DEFAULT_NODATA, LABEL_FEATURE, export_scaled, observed_pixels
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -447,16 +440,19 @@ def no_split(infos: Sequence[FileInfo], validation: Sequence[FileInfo] = ()) -> 
 
 
 def observed_mask(image: np.ndarray) -> np.ndarray:
-    """Pixels with a valid mosaic value (DESIGN §2): every band finite and the first band not 0."""
-    return np.all(np.isfinite(image), axis=-1) & (image[..., 0] != 0)
+    """Pixels with a valid mosaic value: `pipeline.contract.observed_pixels`, the rule inference uses too."""
+    return observed_pixels(image, DEFAULT_NODATA)
 
 
 def observed_mask_tf(image):
-    """TensorFlow twin of `observed_mask` (last axis = bands); returns a bool tensor without that axis."""
+    """TensorFlow twin of `observed_mask` (last axis = bands) inside the tf.data graph: the same rule
+    (every band finite and no band a no-data value, the first band not 0); a bool tensor without that axis."""
     import tensorflow as tf
 
-    finite = tf.reduce_all(tf.math.is_finite(image), axis=-1)
-    return tf.logical_and(finite, tf.not_equal(image[..., 0], 0.0))
+    ok = tf.logical_and(tf.reduce_all(tf.math.is_finite(image), axis=-1), tf.not_equal(image[..., 0], 0.0))
+    for value in DEFAULT_NODATA:
+        ok = tf.logical_and(ok, tf.logical_not(tf.reduce_any(tf.equal(image, tf.cast(value, image.dtype)), axis=-1)))
+    return ok
 
 
 def augment_tf(image, label, seed):
@@ -679,29 +675,8 @@ def write_patches(
 
 
 def scale_bands(reflectance: dict[str, np.ndarray], bands: Sequence[str]) -> np.ndarray:
-    """Stack bands in export scaling from reflectances: reflectance x 255, indices (x + 1) x 127, 0-255.
-
-    Indices follow DESIGN §1.2: NDVI (nir, red), MNDWI (green, swir1), NDSI (swir1, nir).
-    """
-    def index(a, b):
-        a, b = reflectance[a], reflectance[b]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(a + b != 0, (a - b) / (a + b), 0.0)
-
-    out = []
-    for band in bands:
-        if band == "ndvi":
-            value = (index("nir", "red") + INDEX_OFFSET) * INDEX_SCALE
-        elif band == "mndwi":
-            value = (index("green", "swir1") + INDEX_OFFSET) * INDEX_SCALE
-        elif band == "ndsi":
-            value = (index("swir1", "nir") + INDEX_OFFSET) * INDEX_SCALE
-        elif band in INDEX_BANDS:
-            raise ValueError(f"no formula for index {band}")
-        else:
-            value = reflectance[band] * REFLECTANCE_SCALE
-        out.append(np.clip(value, 0.0, EXPORT_MAX))
-    return np.stack(out, axis=-1).astype(np.float32)
+    """Stack bands in export scaling from reflectances (`pipeline.contract.export_scaled`, as Earth Engine stores them)."""
+    return export_scaled(reflectance, bands)
 
 
 def synthetic_patches(

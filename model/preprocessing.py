@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from model.data import FileInfo, PatchSpec, block_of, example_arrays, iter_records, observed_mask, parse_example
-from model.presets import EXPORT_MAX, check_normalization
+from pipeline.contract import EXPORT_MAX, check_normalization
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import keras
 from keras import ops
 
-from model.presets import (
+from pipeline.contract import (
     DEFAULT_NORMALIZATION,
     DEFAULT_PATCH_SIZE,
     DEFAULT_PRESET,
@@ -529,7 +529,7 @@ def _serving_copy(network, config: TrainConfig, num_bands: int):
 def model_card(config, spec, split, statistics, network, history, early, stopped_early, used_best) -> dict:
     """The model card written beside the exported model (metrics are added by evaluation)."""
     from model.export import versions
-    from model.presets import EXPORT_MAX, INDEX_OFFSET, INDEX_SCALE, REFLECTANCE_SCALE
+    from pipeline.contract import EXPORT_MAX, INDEX_OFFSET, INDEX_SCALE, REFLECTANCE_SCALE
     from model.unet import count_parameters
 
     total, trainable = count_parameters(network)

@@ -1,15 +1,15 @@
 """Typed pipeline options: one flag per Flex Template parameter, validated before anything runs."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.config import ModelRoute, RunConfig
 from pipeline.errors import UserError
-from model.presets import BAND_PRESETS
-from pipeline.filters import MODES, FilterParams
+from pipeline.contract import BAND_PRESETS
+from pipeline.method.filters import MODES, FilterParams
 from pipeline.ranges import parse_int_list
 
 SPATIAL_FILTER_PLACES = ("local", "earthengine", "off")
@@ -41,44 +41,6 @@ class MiningMapperOptions(PipelineOptions):
         parser.add_argument("--probability_band", default="false", choices=["true", "false"], help="add the probability (p × 255) as a band of each COG")
         parser.add_argument("--origin_band", default="false", choices=["true", "false"], help="add the gap-fill origin year (year − 1900) as a band of each COG")
         parser.add_argument("--require_gpu", default="false", choices=["true", "false"], help="fail at start-up when no GPU is visible to TensorFlow")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelRoute:
-    """One model and the grids it serves (an empty tuple: every grid no other route claims)."""
-
-    name: str
-    path: str
-    grids: tuple[str, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Validated, plain-Python view of the options: what the pipeline builder consumes."""
-
-    exports: str
-    output: str
-    grids: tuple[str, ...]
-    years: tuple[int, ...]
-    routes: tuple[ModelRoute, ...]
-    bands: tuple[str, ...]
-    band_preset: str
-    threshold: float
-    filter_params: FilterParams
-    spatial_filter: str
-    min_batch_size: int
-    max_batch_size: int
-    export_nodata: tuple[float, ...]
-    probability_band: bool
-    origin_band: bool
-    require_gpu: bool
-
-    def route_for(self, grid: str) -> ModelRoute:
-        """The model that classifies a grid: its state model, else the national one."""
-        for route in self.routes:
-            if grid in route.grids:
-                return route
-        return next(route for route in self.routes if not route.grids)
 
 
 def load_routes(national: str | None, routing_file: str) -> tuple[ModelRoute, ...]:
@@ -186,11 +148,6 @@ def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | No
         origin_band=view.origin_band == "true",
         require_gpu=view.require_gpu == "true",
     )
-
-
-def grid_years(config: RunConfig) -> list[tuple[str, int]]:
-    """Every (grid, year) the run was asked for, in a deterministic order."""
-    return [(grid, year) for grid in config.grids for year in config.years]
 
 
 def option_names() -> Sequence[str]:

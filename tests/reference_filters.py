@@ -1,6 +1,6 @@
 """Plain per-pixel transcriptions of DESIGN.md §3, written for clarity, not speed.
 
-The vectorized engine in `pipeline.filters` is tested against these on random stacks (hypothesis),
+The vectorized engine in `pipeline.method.filters` is tested against these on random stacks (hypothesis),
 and the benchmark compares their speed. Each function works on Python lists for one pixel's series,
 or on nested lists for one year's image.
 """

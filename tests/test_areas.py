@@ -6,7 +6,7 @@ import pytest
 from affine import Affine
 from pyproj import CRS, Geod, Transformer
 
-from pipeline.areas import hectares, hectares_per_year, pixel_areas_m2
+from pipeline.method.areas import hectares, hectares_per_year, pixel_areas_m2
 
 WGS84 = Geod(ellps="WGS84")
 

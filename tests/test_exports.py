@@ -16,7 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import exports as ex
+from pipeline.contract import crop_buffer, observed_pixels
+from pipeline.elements import DeadLetter, ExportGeometry, ExportPatch, MissingExport
+from pipeline.errors import ExportError, ExportFormatError, MissingExportError, RecordError, ShardError
+from pipeline.io.example import decode_example, encode_example
+from pipeline.io.export_layout import list_export, parse_mixer, shard_number
+from pipeline.io.export_reader import arrays_from_features, parse_patch_record, read_export, read_export_patches, record_side_of
+from pipeline.io.tfrecord import frame_record, read_shard
 from tests.conftest import shared_path
 
 SERVIR_BANDS = ("red_before", "green_before", "blue_before", "nir_before",
@@ -41,7 +47,7 @@ def record_values(index: int, side: int, nbands: int) -> np.ndarray:
 def record_bytes(index: int, side: int, bands=BANDS) -> bytes:
     """A serialized Example of `record_values`."""
     values = record_values(index, side, len(bands))
-    return ex.encode_example({band: values[..., b] for b, band in enumerate(bands)})
+    return encode_example({band: values[..., b] for b, band in enumerate(bands)})
 
 
 def mixer_bytes(patch: int, per_row: int, total: int) -> bytes:
@@ -54,7 +60,7 @@ def mixer_bytes(patch: int, per_row: int, total: int) -> bytes:
 
 def shard_bytes(records, gz: bool = True) -> bytes:
     """TFRecord file content of the records (gzipped like Earth Engine when `gz`)."""
-    raw = b"".join(ex.frame_record(r) for r in records)
+    raw = b"".join(frame_record(r) for r in records)
     return gzip.compress(raw, mtime=0) if gz else raw
 
 
@@ -75,16 +81,16 @@ def write_export(folder: Path, n: int, *, patch: int = 8, kernel: int = 4, per_r
 
 def read_all(folder: Path, bands=BANDS, **kwargs):
     """(patches by index, dead letters, geometries, missing) of read_export on a folder."""
-    events = list(ex.read_export(str(folder), "g", 2000, bands, **kwargs))
-    patches = {e.index: e for e in events if isinstance(e, ex.ExportPatch)}
-    dead = [e for e in events if isinstance(e, ex.DeadLetter)]
-    geometry = [e for e in events if isinstance(e, ex.ExportGeometry)]
-    missing = [e for e in events if isinstance(e, ex.MissingExport)]
-    assert len([e for e in events if isinstance(e, ex.ExportPatch)]) == len(patches), "a patch index was emitted twice"
+    events = list(read_export(str(folder), "g", 2000, bands, **kwargs))
+    patches = {e.index: e for e in events if isinstance(e, ExportPatch)}
+    dead = [e for e in events if isinstance(e, DeadLetter)]
+    geometry = [e for e in events if isinstance(e, ExportGeometry)]
+    missing = [e for e in events if isinstance(e, MissingExport)]
+    assert len([e for e in events if isinstance(e, ExportPatch)]) == len(patches), "a patch index was emitted twice"
     return patches, dead, geometry, missing
 
 
-def assert_patch_is(patch: ex.ExportPatch, index: int, side: int, per_row: int = 2) -> None:
+def assert_patch_is(patch: ExportPatch, index: int, side: int, per_row: int = 2) -> None:
     """The patch holds the values written for `index`, at its row/column, with pixel (0, 0) not observed."""
     expected = record_values(index, side, len(BANDS))
     expected[0, 0, :] = 0.0  # not observed: every band filled with 0
@@ -99,7 +105,7 @@ def assert_patch_is(patch: ex.ExportPatch, index: int, side: int, per_row: int =
 
 def test_servir_mixer_georeference():
     folder = shared_path("ee_exports", "servir_aces")
-    g = ex.parse_mixer(folder / "image_2021.json", "servir", 2021)
+    g = parse_mixer(folder / "image_2021.json", "servir", 2021)
     assert g.crs == "EPSG:4326" and g.patch_size == 256 and g.patches_per_row == 1 and g.total_patches == 1
     assert g.rows == 1 and (g.width, g.height) == (256, 256)
     minx, miny, maxx, maxy = g.bounds
@@ -113,7 +119,7 @@ def test_servir_mixer_georeference():
 
 def test_phen_mixer_layout_and_patch_transforms():
     folder = shared_path("ee_exports", "phen_asynch_kernel60")
-    g = ex.parse_mixer(folder / "TEST_coeff_output_SIF_C_S_Amer-mixer.json", "p", 2019).with_kernel(60)
+    g = parse_mixer(folder / "TEST_coeff_output_SIF_C_S_Amer-mixer.json", "p", 2019).with_kernel(60)
     assert (g.patches_per_row, g.total_patches, g.rows, g.record_side) == (3, 15, 5, 316)
     assert g.patch_position(4) == (1, 1) and g.patch_position(14) == (4, 2)
     a, _, c, _, e, f = g.transform
@@ -141,18 +147,18 @@ def test_mixer_errors_name_the_file_and_key(tmp_path, mutate, message):
     mutate(mixer)
     path = tmp_path / "x-mixer.json"
     path.write_text(json.dumps(mixer))
-    with pytest.raises(ex.ExportFormatError, match=message) as info:
-        ex.parse_mixer(path, "g", 2000)
+    with pytest.raises(ExportFormatError, match=message) as info:
+        parse_mixer(path, "g", 2000)
     assert str(path) in str(info.value)
 
 
 def test_mixer_not_json(tmp_path):
     path = tmp_path / "x-mixer.json"
     path.write_text("{not json")
-    with pytest.raises(ex.ExportFormatError, match=f"{path}: not a JSON mixer"):
-        ex.parse_mixer(path, "g", 2000)
-    with pytest.raises(ex.ExportFormatError, match="<mixer bytes>"):
-        ex.parse_mixer(b"[1, 2]", "g", 2000)
+    with pytest.raises(ExportFormatError, match=f"{path}: not a JSON mixer"):
+        parse_mixer(path, "g", 2000)
+    with pytest.raises(ExportFormatError, match="<mixer bytes>"):
+        parse_mixer(b"[1, 2]", "g", 2000)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -161,12 +167,12 @@ def test_mixer_not_json(tmp_path):
 
 def test_list_real_exports():
     servir = shared_path("ee_exports", "servir_aces")
-    mixer, shards = ex.list_export(str(servir))
+    mixer, shards = list_export(str(servir))
     # the table exports lying beside it (training/testing/validation.tfrecord.gz) are not shards of the image
     assert mixer.endswith("image_2021.json") and [Path(s).name for s in shards] == ["image_2021.tfrecord.gz"]
     phen = shared_path("ee_exports", "phen_asynch_kernel60")
-    mixer, shards = ex.list_export(str(phen))
-    assert mixer.endswith("-mixer.json") and [ex.shard_number(s) for s in shards] == [5]
+    mixer, shards = list_export(str(phen))
+    assert mixer.endswith("-mixer.json") and [shard_number(s) for s in shards] == [5]
 
 
 def test_list_sorts_shards_by_number(tmp_path):
@@ -174,25 +180,25 @@ def test_list_sorts_shards_by_number(tmp_path):
         (tmp_path / f"p-{n:05d}.tfrecord").write_bytes(b"")
     (tmp_path / "p-mixer.json").write_bytes(mixer_bytes(8, 2, 4))
     (tmp_path / "other-00000.tfrecord").write_bytes(b"")  # another prefix: not this export
-    _, shards = ex.list_export(str(tmp_path))
-    assert [ex.shard_number(s) for s in shards] == list(range(11))
+    _, shards = list_export(str(tmp_path))
+    assert [shard_number(s) for s in shards] == list(range(11))
 
 
 def test_list_errors(tmp_path):
-    with pytest.raises(ex.MissingExportError, match="no such export folder"):
-        ex.list_export(str(tmp_path / "absent"))
+    with pytest.raises(MissingExportError, match="no such export folder"):
+        list_export(str(tmp_path / "absent"))
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "p-00000.tfrecord.gz").write_bytes(b"")
-    with pytest.raises(ex.MissingExportError, match="no mixer"):
-        ex.list_export(str(tmp_path / "a"))
+    with pytest.raises(MissingExportError, match="no mixer"):
+        list_export(str(tmp_path / "a"))
     (tmp_path / "a" / "p-mixer.json").write_bytes(mixer_bytes(8, 2, 4))
     (tmp_path / "a" / "q-mixer.json").write_bytes(mixer_bytes(8, 2, 4))
-    with pytest.raises(ex.ExportFormatError, match="several mixers"):
-        ex.list_export(str(tmp_path / "a"))
+    with pytest.raises(ExportFormatError, match="several mixers"):
+        list_export(str(tmp_path / "a"))
     (tmp_path / "a" / "q-mixer.json").unlink()
     (tmp_path / "a" / "p.tfrecord.gz").write_bytes(b"")
-    with pytest.raises(ex.ExportFormatError, match="ambiguous shards"):
-        ex.list_export(str(tmp_path / "a"))
+    with pytest.raises(ExportFormatError, match="ambiguous shards"):
+        list_export(str(tmp_path / "a"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -202,17 +208,17 @@ def test_list_errors(tmp_path):
 def _real_records():
     servir = shared_path("ee_exports", "servir_aces", "image_2021.tfrecord.gz")
     phen = shared_path("ee_exports", "phen_asynch_kernel60", "TEST_coeff_output_SIF_C_S_Amer-00005.tfrecord")
-    return [(r, SERVIR_BANDS) for r in ex.read_shard(str(servir))] + [(r, PHEN_BANDS) for r in ex.read_shard(str(phen))]
+    return [(r, SERVIR_BANDS) for r in read_shard(str(servir))] + [(r, PHEN_BANDS) for r in read_shard(str(phen))]
 
 
 def test_decoder_matches_tensorflow_on_real_and_written_records():
     import tensorflow as tf
 
-    written = ex.encode_example({"a": np.arange(9, dtype=np.float32) - 4.5, "b": [np.inf, -0.0, 1e30]})
+    written = encode_example({"a": np.arange(9, dtype=np.float32) - 4.5, "b": [np.inf, -0.0, 1e30]})
     cases = _real_records() + [(written, ("a", "b"))]
     assert len(cases) == 4  # 1 servir record, 2 phen records, 1 written here
     for record, bands in cases:
-        decoded = ex.decode_example(record)
+        decoded = decode_example(record)
         message = tf.train.Example.FromString(record).features.feature
         assert sorted(decoded) == sorted(message.keys()) == sorted(bands)
         spec = {b: tf.io.FixedLenFeature([decoded[b].size], tf.float32) for b in bands}
@@ -229,7 +235,7 @@ def test_decoder_reads_int64_and_unpacked_lists():
     example = example_pb2.Example()
     example.features.feature["i"].int64_list.value.extend([3, -7, 2**40])
     example.features.feature["f"].float_list.value.extend([1.5, -2.0])
-    decoded = ex.decode_example(example.SerializeToString())
+    decoded = decode_example(example.SerializeToString())
     np.testing.assert_array_equal(decoded["i"], np.array([3, -7, 2**40], np.float32))
     np.testing.assert_array_equal(decoded["f"], [1.5, -2.0])
     # an unpacked float list (valid protobuf that TensorFlow accepts): tag 13 = field 1, wire type 5
@@ -239,18 +245,18 @@ def test_decoder_reads_int64_and_unpacked_lists():
     features = b"\x0a" + encoder._VarintBytes(len(entry)) + entry
     record = b"\x0a" + encoder._VarintBytes(len(features)) + features
     assert list(example_pb2.Example.FromString(record).features.feature["u"].float_list.value) == [0.25, 4.0]
-    np.testing.assert_array_equal(ex.decode_example(record)["u"], [0.25, 4.0])
+    np.testing.assert_array_equal(decode_example(record)["u"], [0.25, 4.0])
 
 
 def test_decoder_errors():
     from tensorflow.core.example import example_pb2
 
-    with pytest.raises(ex.RecordError, match="rec 3: not a tf.train.Example"):
-        ex.decode_example(b"\x0a\xff\xff\xff", "rec 3")
+    with pytest.raises(RecordError, match="rec 3: not a tf.train.Example"):
+        decode_example(b"\x0a\xff\xff\xff", "rec 3")
     example = example_pb2.Example()
     example.features.feature["name"].bytes_list.value.append(b"text")
-    with pytest.raises(ex.RecordError, match="feature 'name': a bytes list"):
-        ex.decode_example(example.SerializeToString())
+    with pytest.raises(RecordError, match="feature 'name': a bytes list"):
+        decode_example(example.SerializeToString())
 
 
 @settings(max_examples=40, deadline=None)
@@ -260,7 +266,7 @@ def test_decoder_errors():
     max_size=5,
 ))
 def test_encode_decode_round_trip(features):
-    decoded = ex.decode_example(ex.encode_example(features))
+    decoded = decode_example(encode_example(features))
     assert sorted(decoded) == sorted(features)
     for name, values in features.items():
         np.testing.assert_array_equal(decoded[name], np.asarray(values, np.float32))
@@ -272,45 +278,45 @@ def test_encode_decode_round_trip(features):
 
 def test_servir_record_parses_as_a_patch():
     record, _ = _real_records()[0]
-    features = ex.decode_example(record)
-    assert ex.record_side_of(features, SERVIR_BANDS) == 256
-    bands, observed = ex.parse_patch_record(record, SERVIR_BANDS, 256)
+    features = decode_example(record)
+    assert record_side_of(features, SERVIR_BANDS) == 256
+    bands, observed = parse_patch_record(record, SERVIR_BANDS, 256)
     assert bands.shape == (256, 256, 8) and bands.dtype == np.float32 and observed.all()
     for i, band in enumerate(SERVIR_BANDS):  # the last axis follows the requested order
         np.testing.assert_array_equal(bands[..., i].ravel(), features[band])
-    reordered, _ = ex.parse_patch_record(record, SERVIR_BANDS[::-1], 256)
+    reordered, _ = parse_patch_record(record, SERVIR_BANDS[::-1], 256)
     np.testing.assert_array_equal(reordered, bands[..., ::-1])
 
 
 def test_phen_records_crop_from_316_to_256_with_nodata():
     records = [r for r, bands in _real_records() if bands == PHEN_BANDS]
     assert len(records) == 2
-    first, second = (ex.parse_patch_record(r, PHEN_BANDS, 316) for r in records)
+    first, second = (parse_patch_record(r, PHEN_BANDS, 316) for r in records)
     assert first[0].shape == (316, 316, 5)
     assert not first[1].any() and (first[0] == 0).all()  # the fully masked record: -9999 everywhere, filled 0
-    raw, _ = ex.parse_patch_record(records[1], PHEN_BANDS, 316, fill_value=None)
+    raw, _ = parse_patch_record(records[1], PHEN_BANDS, 316, fill_value=None)
     expected = (raw != -9999).all(axis=-1) & (raw[..., 0] != 0) & np.isfinite(raw).all(axis=-1)
     np.testing.assert_array_equal(second[1], expected)
     assert 0.1 < second[1].mean() < 0.2
     np.testing.assert_array_equal(second[0][second[1]], raw[second[1]])
     assert (second[0][~second[1]] == 0).all()
-    core = ex.crop_buffer(second[0], 60)
+    core = crop_buffer(second[0], 60)
     assert core.shape == (256, 256, 5)
     np.testing.assert_array_equal(core, second[0][30:286, 30:286])
     # without the no-data value, -9999 counts as observed
-    _, observed_all = ex.parse_patch_record(records[1], PHEN_BANDS, 316, nodata_values=())
+    _, observed_all = parse_patch_record(records[1], PHEN_BANDS, 316, nodata_values=())
     assert observed_all.all()
 
 
 def test_record_errors_list_missing_and_extra_bands():
     record = record_bytes(0, 4, bands=("swir1", "NIR", "red"))
-    with pytest.raises(ex.RecordError, match=r"f.tfrecord record 7: missing band\(s\) nir .*extra: NIR"):
-        ex.parse_patch_record(record, BANDS, 4, source="f.tfrecord record 7")
-    with pytest.raises(ex.RecordError, match="band 'swir1' has 16 values \\(4x4\\), expected 25"):
-        ex.parse_patch_record(record_bytes(0, 4), BANDS, 5)
-    with pytest.raises(ex.RecordError, match="extra: red"):
-        ex.parse_patch_record(record_bytes(0, 4), ("swir1", "nir"), 4, allow_extra_bands=False)
-    bands, _ = ex.parse_patch_record(record_bytes(0, 4), ("nir",), 4)  # extra bands are ignored by default
+    with pytest.raises(RecordError, match=r"f.tfrecord record 7: missing band\(s\) nir .*extra: NIR"):
+        parse_patch_record(record, BANDS, 4, source="f.tfrecord record 7")
+    with pytest.raises(RecordError, match="band 'swir1' has 16 values \\(4x4\\), expected 25"):
+        parse_patch_record(record_bytes(0, 4), BANDS, 5)
+    with pytest.raises(RecordError, match="extra: red"):
+        parse_patch_record(record_bytes(0, 4), ("swir1", "nir"), 4, allow_extra_bands=False)
+    bands, _ = parse_patch_record(record_bytes(0, 4), ("nir",), 4)  # extra bands are ignored by default
     assert bands.shape == (4, 4, 1) and bands[1, 1, 0] == 11
 
 
@@ -323,43 +329,43 @@ def test_observed_rules():
     stack[0, 4, 1] = 0.0  # another band at 0 is a value
     expected = np.ones((6, 6), dtype=bool)
     expected[0, :4] = False
-    np.testing.assert_array_equal(ex.observed_pixels(stack), expected)
+    np.testing.assert_array_equal(observed_pixels(stack), expected)
     features = {"a": stack[..., 0].ravel(), "b": stack[..., 1].ravel()}
-    bands, observed = ex.arrays_from_features(features, ("a", "b"), 6)
+    bands, observed = arrays_from_features(features, ("a", "b"), 6)
     np.testing.assert_array_equal(observed, expected)
     assert (bands[0, :4] == 0).all() and (bands[expected] == stack[expected]).all()
 
 
 def test_crop_buffer():
     array = np.arange(36).reshape(6, 6)
-    assert ex.crop_buffer(array, 0) is not None and (ex.crop_buffer(array, 0) == array).all()
-    np.testing.assert_array_equal(ex.crop_buffer(array, 2), array[1:5, 1:5])
+    assert crop_buffer(array, 0) is not None and (crop_buffer(array, 0) == array).all()
+    np.testing.assert_array_equal(crop_buffer(array, 2), array[1:5, 1:5])
     for bad in (3, -2, 6):
         with pytest.raises(ValueError):
-            ex.crop_buffer(array, bad)
+            crop_buffer(array, bad)
 
 
 def test_tfrecord_checksums(tmp_path):
-    frames = [ex.frame_record(record_bytes(i, 4)) for i in range(3)]
+    frames = [frame_record(record_bytes(i, 4)) for i in range(3)]
     bad_data = bytearray(b"".join(frames))
     bad_data[len(frames[0]) + 20] ^= 0xFF  # inside record 1's data: only that record is lost
     path = tmp_path / "a.tfrecord"
     path.write_bytes(bytes(bad_data))
-    items = list(ex.read_shard(str(path)))
+    items = list(read_shard(str(path)))
     assert [type(i).__name__ for i in items] == ["bytes", "CorruptRecord", "bytes"]
     assert "record 1 fails its data checksum" in items[1].reason
     bad_length = bytearray(b"".join(frames))
     bad_length[len(frames[0]) + 2] ^= 0xFF  # record 1's length: the framing is lost
     path.write_bytes(bytes(bad_length))
-    with pytest.raises(ex.ShardError, match="corrupt at record 1 \\(length checksum\\)") as info:
-        list(ex.read_shard(str(path)))
+    with pytest.raises(ShardError, match="corrupt at record 1 \\(length checksum\\)") as info:
+        list(read_shard(str(path)))
     assert info.value.records_read == 1
     path.write_bytes(b"".join(frames)[:-10])
-    with pytest.raises(ex.ShardError, match="truncated in record 2"):
-        list(ex.read_shard(str(path)))
+    with pytest.raises(ShardError, match="truncated in record 2"):
+        list(read_shard(str(path)))
     path.write_bytes(gzip.compress(b"".join(frames)))
-    with pytest.raises(ex.ShardError, match="gzipped but not named .tfrecord.gz"):
-        list(ex.read_shard(str(path)))
+    with pytest.raises(ShardError, match="gzipped but not named .tfrecord.gz"):
+        list(read_shard(str(path)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -494,30 +500,30 @@ def test_missing_folder_mixer_and_bad_mixer(tmp_path):
 
 def test_phen_export_is_reported_not_guessed():
     folder = shared_path("ee_exports", "phen_asynch_kernel60")
-    events = list(ex.read_export(str(folder), "phen", 2019, PHEN_BANDS))
-    assert not [e for e in events if isinstance(e, ex.ExportPatch)]
-    dead = [e for e in events if isinstance(e, ex.DeadLetter)]
+    events = list(read_export(str(folder), "phen", 2019, PHEN_BANDS))
+    assert not [e for e in events if isinstance(e, ExportPatch)]
+    dead = [e for e in events if isinstance(e, DeadLetter)]
     assert any("shard(s) 00000-00004 missing" in d.reason and "totalPatches 15" in d.reason for d in dead)
     assert any(d.file.endswith("-00005.tfrecord") and "2 record(s) not read" in d.reason for d in dead)
-    (geometry,) = [e for e in events if isinstance(e, ex.ExportGeometry)]
+    (geometry,) = [e for e in events if isinstance(e, ExportGeometry)]
     assert geometry.kernel == 60 and geometry.record_side == 316
 
 
 def test_servir_export_reads_one_georeferenced_patch():
     folder = shared_path("ee_exports", "servir_aces")
-    events = list(ex.read_export(str(folder), "servir", 2021, SERVIR_BANDS))
-    (patch,) = [e for e in events if isinstance(e, ex.ExportPatch)]
-    (geometry,) = [e for e in events if isinstance(e, ex.ExportGeometry)]
-    assert not [e for e in events if isinstance(e, ex.DeadLetter)]
+    events = list(read_export(str(folder), "servir", 2021, SERVIR_BANDS))
+    (patch,) = [e for e in events if isinstance(e, ExportPatch)]
+    (geometry,) = [e for e in events if isinstance(e, ExportGeometry)]
+    assert not [e for e in events if isinstance(e, DeadLetter)]
     assert patch.key == ("servir", 2021, 0) and patch.bands.shape == (256, 256, 8) and patch.kernel == 0
     assert geometry.kernel == 0 and math.isclose(geometry.bounds[0], 89.39005136557161)
 
 
 def test_strict_reader_for_scripts(tmp_path):
     write_export(tmp_path / "g" / "2000", 3, total=3)
-    geometry, patches = ex.read_export_patches(str(tmp_path), "g", 2000, BANDS)
+    geometry, patches = read_export_patches(str(tmp_path), "g", 2000, BANDS)
     assert geometry.total_patches == 3 and [p.index for p in patches] == [0, 1, 2]
-    with pytest.raises(ex.MissingExportError, match="no such export folder"):
-        ex.read_export_patches(str(tmp_path), "g", 2001, BANDS)
-    with pytest.raises(ex.ExportError, match="missing band\\(s\\) blue"):
-        ex.read_export_patches(str(tmp_path), "g", 2000, ("blue",))
+    with pytest.raises(MissingExportError, match="no such export folder"):
+        read_export_patches(str(tmp_path), "g", 2001, BANDS)
+    with pytest.raises(ExportError, match="missing band\\(s\\) blue"):
+        read_export_patches(str(tmp_path), "g", 2000, ("blue",))

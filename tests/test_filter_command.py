@@ -12,10 +12,10 @@ import rasterio
 from affine import Affine
 from rio_cogeo.cogeo import cog_validate
 
-from pipeline.areas import hectares_per_year, pixel_areas_m2
+from pipeline.method.areas import hectares_per_year, pixel_areas_m2
 from pipeline.cli import main
-from pipeline.filters import FilterParams, apply_chain
-from pipeline.rasters import find_annual_rasters, read_class_series
+from pipeline.method.filters import FilterParams, apply_chain
+from pipeline.io.rasters import find_annual_rasters, read_class_series
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,9 @@ def test_real_series_areas_csv_uses_true_pixel_areas(lourenco_run):
     nominal = (np.count_nonzero(series.stack[0] == 1) * series.transform.a ** 2) / 1e4
     assert before[0] > nominal
     summary = json.loads((out / "summary.json").read_text())
-    assert all(v["status"] == "written" for v in summary["years"].values()) and len(summary["years"]) == 36
+    assert all(v["status"] == "written" for v in summary["grid_years"]) and len(summary["grid_years"]) == 36
+    assert summary["format"] == "mining-mapper.run-summary/1" and summary["command"] == "filter"
+    assert all(os.path.isabs(v["path"]) for v in summary["grid_years"])
 
 
 def test_c9_mode_and_parameters_reach_the_outputs(lourenco_run, tmp_path):

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline import filters as F
+from pipeline.method import filters as F
 from tests import reference_filters as ref
 
 MODES = ("appendix", "c9-code")

@@ -29,7 +29,7 @@ import pytest
 import rasterio
 
 from pipeline.errors import UserError
-from pipeline.filters import FilterParams
+from pipeline.method.filters import FilterParams
 from pipeline.run import run
 from tests.test_pipeline import YEARS, expected_cog, pipeline_args, stand_in_model, truth_stack, write_exports
 
@@ -178,7 +178,7 @@ def test_pipeline_reads_and_writes_gs_paths(gcs, tmp_path, mode):
 def test_check_gpu_raises_a_clear_error_without_a_gpu():
     import tensorflow as tf
 
-    from pipeline.gpu import check_gpu
+    from model.gpu import check_gpu
 
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU: the no-GPU error cannot be provoked")
@@ -200,7 +200,7 @@ def test_require_gpu_fails_before_reading_anything(tmp_path, monkeypatch):
         raise AssertionError("the pipeline started reading although no GPU is visible")
 
     # Traps on every way the run could read or write: Beam's filesystems, the export reader, the pipeline.
-    monkeypatch.setattr(run_module, "ReadEarthEngineExports", trap)
+    monkeypatch.setattr(run_module, "MiningMapperJob", trap)
     monkeypatch.setattr(run_module.beam, "Pipeline", trap)
     for name in ("match", "open", "create", "exists"):
         monkeypatch.setattr(FileSystems, name, trap)
@@ -226,4 +226,4 @@ def test_workers_check_for_a_gpu_when_they_load_the_model(tmp_path):
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU: the no-GPU error cannot be provoked")
     with pytest.raises(UserError, match="no GPU"):
-        PatchModelHandler(str(tmp_path / "absent.keras"), 0.5, require_gpu=True).load_model()
+        PatchModelHandler(str(tmp_path / "absent.keras"), threshold=0.5, require_gpu=True).load_model()

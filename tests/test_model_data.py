@@ -22,7 +22,7 @@ from model.data import (
     write_patches,
     write_records,
 )
-from model.presets import BAND_PRESETS
+from pipeline.contract import BAND_PRESETS
 from pipeline.errors import UserError
 
 BANDS = BAND_PRESETS["appendix"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from model.data import PatchSpec, example_bytes, observed_mask, synthetic_patches, write_patches, write_records
-from model.presets import BAND_PRESETS
+from pipeline.contract import BAND_PRESETS
 from pipeline.cli import main
 
 # Keras's own .keras saving trips numpy 2's __array__(copy=) deprecation; not this project's code.
@@ -122,9 +122,10 @@ def test_exported_model_through_the_pipeline_handler_matches_in_memory(trained_r
     from apache_beam.testing.util import assert_that
 
     from model.export import load_serving_model
-    from pipeline.exports import ExportPatch
-    from pipeline.options import ModelRoute
-    from pipeline.tiles import classify_patch
+    from pipeline.elements import ExportPatch
+    from pipeline.config import ModelRoute
+    from tests.support.config import run_config
+    from pipeline.method.tiles import classify_patch
     from transforms.inference import ClassifyPatches
 
     _, run = trained_run
@@ -132,7 +133,7 @@ def test_exported_model_through_the_pipeline_handler_matches_in_memory(trained_r
     raw, _ = synthetic_patches(5, P, BANDS, seed=7)
     expected = load_serving_model(model_dir)(raw)
     observed = np.ones((P, P), dtype=bool)
-    keyed = [((1000, 2020, i), ExportPatch(1000, 2020, i, 0, i, 0, raw[i], observed)) for i in range(len(raw))]
+    keyed = [(patch.key, patch) for patch in (ExportPatch("1000", 2020, i, 0, i, 0, raw[i], observed) for i in range(len(raw)))]
 
     def matches(results):
         assert sorted(k for k, _ in results) == [k for k, _ in keyed]
@@ -146,7 +147,7 @@ def test_exported_model_through_the_pipeline_handler_matches_in_memory(trained_r
 
     route = (ModelRoute("national", model_dir, ()),)
     with beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"])) as p:
-        out = p | beam.Create(keyed) | ClassifyPatches(route, 0.5, min_batch_size=1, max_batch_size=2)
+        out = p | beam.Create(keyed) | ClassifyPatches(config=run_config(routes=route, threshold=0.5, min_batch_size=1, max_batch_size=2))
         assert_that(out, matches)
 
 

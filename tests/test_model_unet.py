@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.presets import BAND_PRESETS
+from pipeline.contract import BAND_PRESETS
 from model.unet import build_unet, count_parameters
 
 

@@ -7,7 +7,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.errors import UserError
-from pipeline.options import build_config, discover_grid_years, grid_years, load_routes, option_names
+from pipeline.options import build_config, discover_grid_years, load_routes, option_names
 from pipeline.ranges import parse_int_list as parse_id_list
 
 
@@ -30,7 +30,7 @@ def test_id_lists_and_ranges():
 def test_defaults_come_from_the_exports_and_gaps_are_kept_in_the_span():
     cfg = config(*BASE, discovered={"1010": [2000, 2001, 2003], "1011": [2001]})
     assert cfg.grids == ("1010", "1011") and cfg.years == (2000, 2001, 2002, 2003)
-    assert grid_years(cfg)[:2] == [("1010", 2000), ("1010", 2001)] and len(grid_years(cfg)) == 8
+    assert cfg.grid_years()[:2] == [("1010", 2000), ("1010", 2001)] and len(cfg.grid_years()) == 8
     assert cfg.bands == ("swir1", "nir", "red", "mndwi", "ndvi", "ndsi") and cfg.threshold == 0.5
     assert cfg.filter_params.mode == "appendix" and cfg.spatial_filter == "local"
 

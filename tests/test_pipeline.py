@@ -11,8 +11,9 @@ import pytest
 import rasterio
 from rio_cogeo.cogeo import cog_validate
 
-from pipeline.exports import encode_example, frame_record
-from pipeline.filters import FilterParams, apply_chain
+from pipeline.io.example import encode_example
+from pipeline.io.tfrecord import frame_record
+from pipeline.method.filters import FilterParams, apply_chain
 from pipeline.run import run
 
 BANDS = ("swir1", "nir", "red", "mndwi", "ndvi", "ndsi")

@@ -217,7 +217,7 @@ def test_the_chromium_check_catches_errors_and_missing_charts(tmp_path):
 
 
 def test_quicklook_shows_the_probability_band(tmp_path):
-    from pipeline.products import io as pio
+    from pipeline.io import rasters as annual_rasters
     from pipeline.products.report import quicklook_png
     from tests.products_support import write_raster
 
@@ -226,7 +226,7 @@ def test_quicklook_shows_the_probability_band(tmp_path):
     probability = np.linspace(0, 255, 3000).reshape(50, 60).astype(np.uint8)
     path = write_raster(tmp_path / "7" / "7_2005.tif", np.stack([classes, probability]), nodata=255,
                         tags={"grid": "7", "year": 2005}, descriptions=["mining_classification", "mining_probability"])
-    png, panels = quicklook_png(pio.describe_raster(str(path)))
+    png, panels = quicklook_png(annual_rasters.describe_raster(str(path)))
     assert panels == ["probability of mining", "classes"]
     assert Image.open(io.BytesIO(png)).format == "PNG"
 

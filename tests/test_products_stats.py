@@ -13,7 +13,7 @@ from affine import Affine
 from pyproj import Geod, Transformer
 
 from pipeline.errors import UserError
-from pipeline.products import io as pio
+from pipeline.io import rasters as annual_rasters
 from pipeline.products.stats import compute_statistics, owned_mask, Footprint
 from tests.conftest import shared_path
 from tests.products_support import run_cli, write_raster
@@ -66,7 +66,7 @@ def test_windowed_reading_gives_the_same_figures_with_bounded_memory(tmp_path):
     values = np.where(rng.random((height, width)) < 0.02, 30, 0).astype(np.uint8)
     values[:50] = 255
     path = write_raster(tmp_path / "big_2001.tif", values, nodata=255, transform=Affine(0.00025, 0, -55.0, 0, -0.00025, -3.0))
-    refs = pio.discover([str(path)])
+    refs = annual_rasters.discover([str(path)])
     whole = compute_statistics(refs, chunk_rows=height).rasters[0]
     tracemalloc.start()
     windowed = compute_statistics(refs, chunk_rows=64).rasters[0]
@@ -98,7 +98,7 @@ def _union_hectares(paths) -> float:
 def test_overlapping_grids_are_counted_once_in_the_total(tmp_path):
     # a 2 × 2 lattice of 20-pixel cells on an 18-pixel stride: 10 % overlaps, as in the Collection 9 grid
     paths = [_grid(tmp_path, f"g{c}{r}", 18 * c, 18 * r, 20) for c in range(2) for r in range(2)]
-    stats = compute_statistics(pio.discover([str(tmp_path)]))
+    stats = compute_statistics(annual_rasters.discover([str(tmp_path)]))
     each = {r.grid: r.mining_ha for r in stats.rasters}
     assert len(each) == 4 and all(v == pytest.approx(_union_hectares([p]), rel=1e-4) for p, v in zip(paths, each.values()))
     total = stats.total_by_year()[2020]
@@ -110,7 +110,7 @@ def test_overlapping_grids_are_counted_once_in_the_total(tmp_path):
 def test_overlap_rule_with_grids_on_different_pixel_lattices(tmp_path):
     a = _grid(tmp_path, "a", 0, 0, 40)
     b = _grid(tmp_path, "b", 36, 0, 40, transform_offset=(0.004, -0.003))
-    stats = compute_statistics(pio.discover([str(tmp_path)]))
+    stats = compute_statistics(annual_rasters.discover([str(tmp_path)]))
     total = stats.total_by_year()[2020]
     pixel_ha = _union_hectares([a]) / 1600
     assert abs(total - _union_hectares([a, b])) < 40 * pixel_ha  # within one pixel column of the union

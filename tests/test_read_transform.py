@@ -17,7 +17,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
-from pipeline import exports as ex
+from pipeline.elements import ExportPatch
+from pipeline.io.example import encode_example
+from pipeline.io.export_reader import read_export
 from tests.conftest import shared_path
 from tests.test_exports import PHEN_BANDS, SERVIR_BANDS, record_bytes, record_values, write_export
 from transforms.read import ReadEarthEngineExports
@@ -65,8 +67,8 @@ def test_servir_export_through_the_transform(tmp_path):
     patches = out["patches"] | "Summary" >> beam.Map(lambda kv: (kv[0], kv[1].bands.shape, int(kv[1].observed.sum())))
     assert_that(patches, equal_to([(("servir", 2021, 0), (256, 256, 8), 256 * 256)]), label="Patches")
     assert_that(out["geometry"], check(georeferenced, "servir georeference"), label="Geometry")
-    assert_that(out["dead_letter"], equal_to([]), label="NoDeadLetters")
-    assert_that(out["missing"] | beam.Map(lambda kv: (kv[0], "no such export folder" in kv[1])),
+    assert_that((out["dead_letter"] | "Dead letter lines" >> beam.Map(lambda kv: kv[1].as_dict())), equal_to([]), label="NoDeadLetters")
+    assert_that(out["missing"] | beam.Map(lambda kv: (kv[0], "no such export folder" in kv[1].reason)),
                 equal_to([(("servir", 2022), True)]), label="Missing")
     p.run().wait_until_finish()
 
@@ -78,7 +80,7 @@ def test_bad_inputs_and_metrics(tmp_path):
     g1 = [record_bytes(i, side, PHEN_BANDS) for i in range(5)]
     masked = record_values(0, side, len(PHEN_BANDS))
     masked[5, 5, 2] = -9999.0  # a no-data pixel inside the core of g1/2000 patch 0
-    g1[0] = ex.encode_example({band: masked[..., b] for b, band in enumerate(PHEN_BANDS)})
+    g1[0] = encode_example({band: masked[..., b] for b, band in enumerate(PHEN_BANDS)})
     write_export(root / "g1" / "2000", 5, records=g1)
     # g2/2000: 6 records in 3 shards, the middle one corrupt (its trailer intact)
     shards = write_export(root / "g2" / "2000", 6, records=[record_bytes(i, side, PHEN_BANDS) for i in range(6)])
@@ -134,8 +136,8 @@ def test_bad_inputs_and_metrics(tmp_path):
             not any(d["grid"] in ("g1", "g4") for d in items),
         ])
 
-    assert_that(out["dead_letter"], check(dead_letters_ok, "dead letters"), label="DeadLetters")
-    assert_that(out["missing"] | beam.Map(lambda kv: (kv[0], "no mixer" in kv[1] or "no such export folder" in kv[1])),
+    assert_that((out["dead_letter"] | "Dead letter lines" >> beam.Map(lambda kv: kv[1].as_dict())), check(dead_letters_ok, "dead letters"), label="DeadLetters")
+    assert_that(out["missing"] | beam.Map(lambda kv: (kv[0], "no mixer" in kv[1].reason or "no such export folder" in kv[1].reason)),
                 equal_to([(("g1", 2001), True), (("g4", 2000), True)]), label="Missing")
     assert_that(out["geometry"] | beam.Map(lambda kv: (kv[0], kv[1].kernel, kv[1].total_patches)),
                 equal_to([(("phen", 2019), 60, 15), (("g1", 2000), 4, 5), (("g2", 2000), 4, 6),
@@ -155,7 +157,7 @@ def test_bad_inputs_and_metrics(tmp_path):
 
 
 def test_generated_sample_matches_its_truth(tmp_path):
-    from pipeline.sample import SampleSpec, generate_sample
+    from pipeline.demo.sample import SampleSpec, generate_sample
 
     spec = SampleSpec(grids=2, years=(2011, 2013), patch_size=32, kernel=16, training_grids=0)
     manifest = generate_sample(str(tmp_path), spec).manifest
@@ -178,7 +180,7 @@ def test_generated_sample_matches_its_truth(tmp_path):
     transforms = {g["grid"]: tuple(g["transform"]) for g in manifest["grids"]}
     assert_that(out["geometry"] | beam.Map(lambda kv: (kv[0], kv[1].transform == transforms[kv[0][0]], kv[1].kernel)),
                 equal_to([(gy, True, 16) for gy in grid_years]), label="Geometry")
-    assert_that(out["dead_letter"], equal_to([]), label="NoDeadLetters")
+    assert_that((out["dead_letter"] | "Dead letter lines" >> beam.Map(lambda kv: kv[1].as_dict())), equal_to([]), label="NoDeadLetters")
     p.run().wait_until_finish()
     masked = manifest["fully_masked_patch"]
     truth = np.load(tmp_path / "truth" / masked["grid"] / f"{masked['year']}_classes.npy")
@@ -200,7 +202,7 @@ def test_gs_paths_through_the_storage_emulator(tmp_path):
     support = pytest.importorskip("tests.products_support")
     if not hasattr(support, "storage_emulator"):
         pytest.skip("tests.products_support.storage_emulator is not available")
-    from pipeline.sample import SampleSpec, generate_sample
+    from pipeline.demo.sample import SampleSpec, generate_sample
 
     spec = SampleSpec(grids=1, years=(2011, 2012), patch_size=32, kernel=16, training_grids=0)
     local = generate_sample(str(tmp_path / "local"), spec)
@@ -219,8 +221,8 @@ def test_gs_paths_through_the_storage_emulator(tmp_path):
         def read(root):
             out = {}
             for year in (2011, 2012):
-                for e in ex.read_export(f"{root}/exports/1137/{year}", "1137", year, bands):
-                    if isinstance(e, ex.ExportPatch):
+                for e in read_export(f"{root}/exports/1137/{year}", "1137", year, bands):
+                    if isinstance(e, ExportPatch):
                         out[e.key] = e
             return out
 
@@ -230,7 +232,7 @@ def test_gs_paths_through_the_storage_emulator(tmp_path):
         assert_that(out["patches"] | beam.Map(lambda kv: kv[0][1:]),
                     check(lambda keys: {(2011, 0), (2011, 1), (2011, 2), (2011, 3), (2012, 2), (2012, 3)} <= set(keys),
                           "patches read from gs://"), label="Keys")
-        assert_that(out["dead_letter"] | beam.Map(lambda d: (d["file"], d["record"] is None)),
+        assert_that((out["dead_letter"] | "Dead letter lines" >> beam.Map(lambda kv: kv[1].as_dict())) | beam.Map(lambda d: (d["file"], d["record"] is None)),
                     check(lambda items: all(f.endswith("1137_2012-00000.tfrecord.gz") for f, _ in items) and items,
                           "dead letters only for the corrupt shard"), label="Dead")
         p.run().wait_until_finish()

@@ -7,9 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.presets import BAND_PRESETS
-from pipeline import exports as ex
-from pipeline import sample as S
+from pipeline.contract import BAND_PRESETS
+from pipeline.elements import DeadLetter, ExportGeometry, ExportPatch, MissingExport
+from pipeline.io.example import decode_example
+from pipeline.io.export_layout import list_export, parse_mixer
+from pipeline.io.export_reader import read_export
+from pipeline.io.tfrecord import read_shard
+from pipeline.demo import sample as S
 from pipeline.cli import main
 
 SMALL = S.SampleSpec(grids=2, years=(1985, 2023), patch_size=32, kernel=16, training_grids=2)
@@ -27,15 +31,15 @@ def small_sample(tmp_path_factory) -> tuple[Path, dict]:
     return out, generated.manifest
 
 
-def read_year(out: Path, grid: str, year: int, bands) -> tuple[np.ndarray, ex.ExportGeometry]:
+def read_year(out: Path, grid: str, year: int, bands) -> tuple[np.ndarray, ExportGeometry]:
     """The unbuffered block (rows, cols, bands) of one (grid, year), assembled from its records."""
-    events = list(ex.read_export(str(out / "exports" / grid / str(year)), grid, year, bands, fill_value=None))
-    assert not [e for e in events if isinstance(e, (ex.DeadLetter, ex.MissingExport))]
-    (geometry,) = [e for e in events if isinstance(e, ex.ExportGeometry)]
+    events = list(read_export(str(out / "exports" / grid / str(year)), grid, year, bands, fill_value=None))
+    assert not [e for e in events if isinstance(e, (DeadLetter, MissingExport))]
+    (geometry,) = [e for e in events if isinstance(e, ExportGeometry)]
     p = geometry.patch_size
     block = np.full((geometry.height, geometry.width, len(bands)), np.nan, dtype=np.float32)
     for e in events:
-        if isinstance(e, ex.ExportPatch):
+        if isinstance(e, ExportPatch):
             block[e.row * p : e.row * p + p, e.col * p : e.col * p + p] = e.core()[0]
     assert not np.isnan(block).any()
     return block, geometry
@@ -135,7 +139,7 @@ def test_layout_mixer_and_georeference(small_sample):
             assert names == [f"{prefix}-00000.tfrecord.gz", f"{prefix}-00001.tfrecord.gz", f"{prefix}-mixer.json"]
             mixer = json.loads((folder / f"{prefix}-mixer.json").read_text())
             assert set(mixer) == {"projection", "patchDimensions", "patchesPerRow", "totalPatches"}
-            geometry = ex.parse_mixer(folder / f"{prefix}-mixer.json", g["grid"], year)
+            geometry = parse_mixer(folder / f"{prefix}-mixer.json", g["grid"], year)
             assert geometry.transform[0] == pytest.approx(30 / 111319.49079327357) and geometry.transform[4] < 0
             assert (geometry.patch_size, geometry.patches_per_row, geometry.total_patches) == (32, 2, 4)
             # on the global 30 m lattice, inside the grid cell
@@ -143,10 +147,10 @@ def test_layout_mixer_and_georeference(small_sample):
             west, south, east, north = S.c9_grid_bounds(int(g["grid"]))
             minx, miny, maxx, maxy = geometry.bounds
             assert west <= minx < maxx <= east and south <= miny < maxy <= north
-            _, shards = ex.list_export(str(folder))
-            records = [r for s in shards for r in ex.read_shard(s)]
+            _, shards = list_export(str(folder))
+            records = [r for s in shards for r in read_shard(s)]
             assert len(records) == 4
-            features = ex.decode_example(records[0])
+            features = decode_example(records[0])
             assert list(features) == manifest["bands"] and all(v.size == 48 * 48 for v in features.values())
 
 
@@ -166,9 +170,9 @@ def test_values_masks_and_the_fully_masked_patch(small_sample):
             gap_shares[g, year] = masked.mean()
     fm = manifest["fully_masked_patch"]
     assert (fm["grid"], fm["year"], fm["patch"]) == ("1137", 1986, 3)
-    _, shards = ex.list_export(str(out / "exports" / "1137" / "1986"))
-    last = [r for s in shards for r in ex.read_shard(s)][3]
-    assert all((v == 0).all() for v in ex.decode_example(last).values())
+    _, shards = list_export(str(out / "exports" / "1137" / "1986"))
+    last = [r for s in shards for r in read_shard(s)][3]
+    assert all((v == 0).all() for v in decode_example(last).values())
     # cloud gaps: more in the 1980s-90s than with Landsat 8; the 2012 SLC-off stripes
     early = np.mean([v for (g, y), v in gap_shares.items() if y < 2000 and (g, y) != ("1137", 1986)])
     late = np.mean([v for (g, y), v in gap_shares.items() if y >= 2013])
@@ -237,10 +241,10 @@ def test_training_patches(small_sample):
         west, south, east, north = S.c9_grid_bounds(int(g["grid"]))
         for year in manifest["training_years"]:
             path = out / "training" / g["grid"] / str(year) / f"training_{g['grid']}_{year}-00000.tfrecord.gz"
-            records = list(ex.read_shard(str(path)))
+            records = list(read_shard(str(path)))
             assert 1 <= len(records) <= 4
             for record in records:
-                f = ex.decode_example(record)
+                f = decode_example(record)
                 assert set(f) == {*manifest["bands"], "label", "lon", "lat"}
                 assert f["label"].size == 32 * 32 and set(np.unique(f["label"])) <= {0.0, 1.0}
                 assert (f["label"][f[manifest["bands"][0]] == 0] == 0).all()  # not observed: label 0

@@ -6,19 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.filters import FilterParams, apply_chain, spatial_filter
-from pipeline.tiles import (
-    ClassifiedPatch,
-    assemble_year,
-    classify_patch,
-    halo_strips,
-    mining_rows_of_raster,
-    pad_with_halo,
-    spatial_frequency_tile,
-    split_years,
-    stack_tile_years,
-    temporal_filter_tile,
-)
+from pipeline.method.filters import FilterParams, apply_chain, spatial_filter
+from pipeline.elements import ClassifiedPatch
+from pipeline.method.tiles import assemble_year, classify_patch, halo_strips, mining_rows_of_raster, pad_with_halo, spatial_frequency_tile, split_years, stack_tile_years, temporal_filter_tile
 
 
 def test_classify_patch_crops_the_buffer_thresholds_and_keeps_not_observed():

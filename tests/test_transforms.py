@@ -9,13 +9,14 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 import apache_beam as beam
 
-from pipeline.exports import ExportGeometry, ExportPatch
-from pipeline.filters import FilterParams, apply_chain
-from pipeline.options import ModelRoute
-from pipeline.tiles import ClassifiedPatch
+from pipeline.config import ModelRoute
+from pipeline.elements import ClassifiedPatch, DeadLetter, ExportGeometry, ExportPatch, GridYearKey, MissingExport, PatchKey
+from pipeline.io.summary import GridYearStatus, account
+from pipeline.method.filters import FilterParams, apply_chain
+from tests.support.config import run_config
 from transforms.filtering import FilterTiles
 from transforms.inference import ClassifyPatches
-from transforms.write import WriteGridYears, build_summary, cog_path
+from transforms.write import WriteGridYears, cog_path
 
 from tests.test_pipeline import BANDS, stand_in_model
 
@@ -64,11 +65,11 @@ def test_classify_patches_batches_routes_and_skips_empty_patches(models):
         out = (
             p
             | beam.Create([(patch.key, patch) for patch in patches])
-            | ClassifyPatches(routes, threshold=0.5, min_batch_size=2, max_batch_size=8)
+            | ClassifyPatches(config=run_config(routes=routes, threshold=0.5, min_batch_size=2, max_batch_size=8))
             | beam.Map(summarize)
         )
         assert_that(out, equal_to([
-            (("1010", 2000, 0), 1, (4, 4)),
+            (PatchKey("1010", 2000, 0), 1, (4, 4)),
             (("1010", 2000, 1), 0, (4, 4)),
             (("1500", 2000, 0), 0, (4, 4)),  # the state model inverts
             (("1500", 2000, 1), 1, (4, 4)),
@@ -87,7 +88,8 @@ def test_filter_tiles_equals_the_engine_across_tiles():
         for r in range(2):
             for c in range(3):
                 block = stack[t, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4]
-                classified.append((("9", year, r * 3 + c), ClassifiedPatch("9", year, r * 3 + c, r, c, block, block)))
+                patch = ClassifiedPatch("9", year, r * 3 + c, r, c, block, block)
+                classified.append((patch.key, patch))
     expected = apply_chain(stack, params).classes
 
     def as_rows(kv):
@@ -97,32 +99,39 @@ def test_filter_tiles_equals_the_engine_across_tiles():
     want = [("9", year, r, c, expected[t, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4].tolist())
             for t, year in enumerate(years) for r in range(2) for c in range(3)]
     with make_pipeline() as p:
-        out = p | beam.Create(classified) | FilterTiles(years, params, spatial=True, keep_probability=False, keep_origin=False) | beam.Map(as_rows)
+        out = (
+            p
+            | beam.Create(classified)
+            | FilterTiles(years=years, params=params, spatial=True, keep_probability=False, keep_origin=False)
+            | beam.Map(as_rows)
+        )
         assert_that(out, equal_to(want))
 
 
 def test_write_grid_years_accounts_for_each_case(tmp_path):
     geometry = ExportGeometry(grid="9", year=2000, crs="EPSG:4326", transform=(0.001, 0.0, -50.0, 0.0, -0.001, -2.0),
                               patch_size=4, patches_per_row=1, total_patches=1, kernel=0)
-    from pipeline.tiles import YearTile
+    from pipeline.elements import YearTile
 
     tile = YearTile("9", 2000, 0, 0, np.array([[1, 0, 0, 255]] * 4, dtype=np.uint8), None, None,
                     {"input": np.array([1, 1, 1, 1]), "frequency": np.array([1, 1, 1, 1])})
     inputs = {
-        "tiles": [(("9", 2000), tile), (("9", 2002), tile)],
-        "geometry": [(("9", 2000), geometry), (("9", 2001), geometry)],
-        "missing": [(("9", 2002), "no mixer in exports/9/2002")],
-        "dead_letter": [(("9", 2001), {"grid": "9", "year": 2001, "file": "exports/9/2001/x-00000.tfrecord.gz", "record": None, "reason": "corrupt"})],
+        "tiles": [(GridYearKey("9", 2000), tile), (GridYearKey("9", 2002), tile)],
+        "geometry": [(GridYearKey("9", 2000), geometry), (GridYearKey("9", 2001), geometry)],
+        "missing": [(GridYearKey("9", 2002), MissingExport("9", 2002, "no mixer in exports/9/2002"))],
+        "dead_letter": [(GridYearKey("9", 2001), DeadLetter("9", 2001, "exports/9/2001/x-00000.tfrecord.gz", None, "corrupt"))],
     }
     with make_pipeline() as p:
         pcolls = {name: p | f"Create {name}" >> beam.Create(values) for name, values in inputs.items()}
-        statuses = pcolls | WriteGridYears(str(tmp_path), [2000, 2001, 2002], {"model": "m"}, False, False)
-        assert_that(statuses | beam.Map(lambda s: (s["grid"], s["year"], s["status"])), equal_to([
+        statuses = pcolls | WriteGridYears(
+            output=str(tmp_path), years=[2000, 2001, 2002], tags={"model": "m"}, with_probability=False, with_origin=False
+        )
+        assert_that(statuses | beam.Map(lambda s: (s.grid, s.year, s.status)), equal_to([
             ("9", 2000, "written"), ("9", 2001, "failed"), ("9", 2002, "skipped"),
         ]))
     with rasterio.open(cog_path(str(tmp_path), "9", 2000)) as cog:
         assert cog.read(1)[0].tolist() == [30, 0, 0, 255]
         assert cog.tags()["model"] == "m" and cog.tags()["grid"] == "9"
-    summary = build_summary([{"grid": "9", "year": 2000, "status": "written"}], [("9", 2000), ("9", 2001)], {"run": 1})
-    assert summary["counts"] == {"written": 1, "failed": 1}
-    assert summary["grid_years"][1]["reason"] == "no result reached the writer"
+    entries = account([GridYearStatus("9", 2000, "written")], [("9", 2000), ("9", 2001)])
+    assert [e.status for e in entries] == ["written", "failed"]
+    assert entries[1].reason == "no result reached the writer"

@@ -10,45 +10,39 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import apache_beam as beam
+from apache_beam import typehints
 from apache_beam.metrics import Metrics
 
-from pipeline.filters import FilterParams
-from pipeline.tiles import (
-    HaloStrip,
-    TileSeries,
-    halo_strips,
-    spatial_frequency_tile,
-    split_years,
-    stack_tile_years,
-    temporal_filter_tile,
-)
-from transforms.inference import METRICS_NAMESPACE
+from pipeline.method.filters import FilterParams
+from pipeline.elements import ClassifiedPatch, HaloStrip, TileKey, TileSeries
+from pipeline.method.tiles import halo_strips, spatial_frequency_tile, split_years, stack_tile_years, temporal_filter_tile
+from transforms.metrics import NAMESPACE
 
 _CORE = "core"
 _STRIP = "strip"
 
 
 class _TemporalFilterTile(beam.DoFn):
-    def __init__(self, years: Sequence[int], params: FilterParams, keep_probability: bool, keep_origin: bool):
+    def __init__(self, *, years: Sequence[int], params: FilterParams, keep_probability: bool, keep_origin: bool):
         self._years = tuple(years)
         self._params = params
         self._keep_probability = keep_probability
         self._keep_origin = keep_origin
-        self._tiles = Metrics.counter(METRICS_NAMESPACE, "tiles_filtered")
+        self._tiles = Metrics.counter(NAMESPACE, "tiles_filtered")
 
     def process(self, element):
-        (grid, row, col), patches = element
+        key, patches = element
         patches = list(patches)
         size = patches[0].classes.shape[0]
-        tile = stack_tile_years(grid, row, col, self._years, patches, size, self._keep_probability)
+        tile = stack_tile_years(key.grid, key.row, key.col, self._years, patches, size, self._keep_probability)
         self._tiles.inc()
         yield temporal_filter_tile(tile, self._params, self._keep_origin)
 
 
 class TemporalFilterTiles(beam.PTransform):
-    """((grid, year, index), ClassifiedPatch) → TileSeries after gap fill and the temporal filter."""
+    """(PatchKey, ClassifiedPatch) → TileSeries after gap fill and the temporal filter."""
 
-    def __init__(self, years: Sequence[int], params: FilterParams, keep_probability: bool, keep_origin: bool):
+    def __init__(self, *, years: Sequence[int], params: FilterParams, keep_probability: bool, keep_origin: bool):
         super().__init__()
         self._years = tuple(years)
         self._params = params
@@ -58,42 +52,43 @@ class TemporalFilterTiles(beam.PTransform):
     def expand(self, classified: beam.PCollection) -> beam.PCollection:
         return (
             classified
-            | "Key by tile" >> beam.Map(lambda kv: ((kv[1].grid, kv[1].row, kv[1].col), kv[1]))
+            | "Key by tile" >> beam.Map(lambda kv: (TileKey.of(kv[1]), kv[1])).with_output_types(
+                typehints.KV[TileKey, ClassifiedPatch]
+            )
             | "Group years of a tile" >> beam.GroupByKey()
             | "Gap fill and temporal" >> beam.ParDo(
-                _TemporalFilterTile(self._years, self._params, self._keep_probability, self._keep_origin)
-            )
+                _TemporalFilterTile(
+                    years=self._years, params=self._params, keep_probability=self._keep_probability, keep_origin=self._keep_origin
+                )
+            ).with_output_types(TileSeries)
         )
 
 
-def _emit_core_and_strips(tile: TileSeries, halo: int):
-    key = (tile.grid, tile.row, tile.col)
-    yield key, (_CORE, tile)
-    if halo:
-        for (row, col), strip in halo_strips(tile, halo):
-            yield (tile.grid, row, col), (_STRIP, strip)
+def _core(tile: TileSeries):
+    return TileKey.of(tile), tile
+
+
+def _strips(tile: TileSeries, halo: int):
+    for (row, col), strip in halo_strips(tile, halo):
+        yield TileKey(tile.grid, row, col), strip
 
 
 class _SpatialFrequencyTile(beam.DoFn):
-    def __init__(self, params: FilterParams, spatial: bool):
+    def __init__(self, *, params: FilterParams, spatial: bool):
         self._params = params
         self._spatial = spatial
         self._counters = {
-            stage: Metrics.counter(METRICS_NAMESPACE, f"mining_pixels_{stage}")
+            stage: Metrics.counter(NAMESPACE, f"mining_pixels_{stage}")
             for stage in ("input", "gap_fill", "temporal", "spatial", "frequency")
         }
 
     def process(self, element):
         _, parts = element
-        core: TileSeries | None = None
-        strips: dict[tuple[int, int], HaloStrip] = {}
-        for kind, value in parts:
-            if kind == _CORE:
-                core = value
-            else:
-                strips[(value.source_row, value.source_col)] = value
+        cores = list(parts[_CORE])
+        strips: dict[tuple[int, int], HaloStrip] = {(s.source_row, s.source_col): s for s in parts[_STRIP]}
         # Strips addressed to a tile that does not exist (beyond the grid's edge) arrive alone: dropped.
-        if core is not None:
+        if cores:
+            core = cores[0]
             tile = spatial_frequency_tile(core, strips.values(), self._params, self._spatial)
             for stage, values in tile.mining_rows.items():
                 self._counters[stage].inc(int(values.sum()))
@@ -101,27 +96,32 @@ class _SpatialFrequencyTile(beam.DoFn):
 
 
 class SpatialFrequencyTiles(beam.PTransform):
-    """TileSeries → ((grid, year), YearTile) after the spatial (with halo) and frequency filters."""
+    """TileSeries → (GridYearKey, YearTile) after the spatial (with halo) and frequency filters.
 
-    def __init__(self, params: FilterParams, spatial: bool):
+    Each tile is joined, by a named CoGroupByKey on its TileKey, with the halo strips its neighbours
+    send it, so its spatial filter sees exactly the context the whole-raster filter would.
+    """
+
+    def __init__(self, *, params: FilterParams, spatial: bool):
         super().__init__()
         self._params = params
         self._spatial = spatial
 
     def expand(self, tiles: beam.PCollection) -> beam.PCollection:
         halo = self._params.spatial_halo if self._spatial else 0
+        cores = tiles | "Key tiles" >> beam.Map(_core).with_output_types(typehints.KV[TileKey, TileSeries])
+        strips = tiles | "Send halo strips" >> beam.FlatMap(_strips, halo).with_output_types(typehints.KV[TileKey, HaloStrip])
         return (
-            tiles
-            | "Send halo strips" >> beam.FlatMap(_emit_core_and_strips, halo)
-            | "Group tile with halo" >> beam.GroupByKey()
-            | "Spatial and frequency" >> beam.ParDo(_SpatialFrequencyTile(self._params, self._spatial))
+            {_CORE: cores, _STRIP: strips}
+            | "Join tile with halo" >> beam.CoGroupByKey()
+            | "Spatial and frequency" >> beam.ParDo(_SpatialFrequencyTile(params=self._params, spatial=self._spatial))
         )
 
 
 class FilterTiles(beam.PTransform):
-    """The whole chain: classified patches → ((grid, year), YearTile), exact across tile edges."""
+    """The whole chain: (PatchKey, ClassifiedPatch) → (GridYearKey, YearTile), exact across tile edges."""
 
-    def __init__(self, years: Sequence[int], params: FilterParams, spatial: bool, keep_probability: bool, keep_origin: bool):
+    def __init__(self, *, years: Sequence[int], params: FilterParams, spatial: bool, keep_probability: bool, keep_origin: bool):
         super().__init__()
         self._years = tuple(years)
         self._params = params
@@ -132,6 +132,8 @@ class FilterTiles(beam.PTransform):
     def expand(self, classified: beam.PCollection) -> beam.PCollection:
         return (
             classified
-            | "Temporal" >> TemporalFilterTiles(self._years, self._params, self._keep_probability, self._keep_origin)
-            | "Spatial and frequency" >> SpatialFrequencyTiles(self._params, self._spatial)
+            | "Temporal" >> TemporalFilterTiles(
+                years=self._years, params=self._params, keep_probability=self._keep_probability, keep_origin=self._keep_origin
+            )
+            | "Spatial and frequency" >> SpatialFrequencyTiles(params=self._params, spatial=self._spatial)
         )

@@ -11,15 +11,16 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam import typehints
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.metrics import Metrics
 
-from pipeline.gpu import check_gpu
-from pipeline.options import ModelRoute
-from pipeline.tiles import ClassifiedPatch, classify_patch, not_observed_patch
-
-METRICS_NAMESPACE = "mining_mapper"
+from model.gpu import check_gpu
+from pipeline.config import RunConfig
+from pipeline.elements import ClassifiedPatch, ExportPatch, PatchKey
+from pipeline.method.tiles import classify_patch, not_observed_patch
+from transforms.metrics import NAMESPACE, RUN_INFERENCE_NAMESPACE
 
 
 def load_model(path: str):
@@ -43,21 +44,21 @@ def load_model(path: str):
     return load_serving_model(path)
 
 
-class PatchModelHandler(ModelHandler[Any, ClassifiedPatch, Any]):
+class PatchModelHandler(ModelHandler[ExportPatch, ClassifiedPatch, Any]):
     """Runs the U-Net on batches of export patches and returns their classes at the threshold.
 
     The model sees the whole kernel-buffered record (its context); the buffer is cropped from the
     probabilities afterwards, and not-observed pixels stay 255 (DESIGN.md §2).
     """
 
-    def __init__(self, model_path: str, threshold: float, min_batch_size: int = 1, max_batch_size: int = 16, require_gpu: bool = False):
+    def __init__(self, model_path: str, *, threshold: float, min_batch_size: int = 1, max_batch_size: int = 16, require_gpu: bool = False):
         super().__init__()
         self._model_path = model_path
         self._require_gpu = require_gpu
         self._threshold = threshold
         self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
-        self._inferred = Metrics.counter(METRICS_NAMESPACE, "patches_inferred")
-        self._skipped = Metrics.counter(METRICS_NAMESPACE, "patches_not_observed")
+        self._inferred = Metrics.counter(NAMESPACE, "patches_inferred")
+        self._skipped = Metrics.counter(NAMESPACE, "patches_not_observed")
 
     def load_model(self):
         """Load the serving model (once per worker process; RunInference shares it), on a GPU if required."""
@@ -79,7 +80,7 @@ class PatchModelHandler(ModelHandler[Any, ClassifiedPatch, Any]):
         for i, patch in enumerate(batch):
             if not patch.core()[1].any():  # nothing observed inside the patch itself: no model call
                 classes, probability = not_observed_patch(patch.bands.shape[0] - patch.kernel)
-                results[i] = ClassifiedPatch(patch.grid, patch.year, patch.index, patch.row, patch.col, classes, probability)
+                results[i] = ClassifiedPatch.of(patch, classes, probability)
                 self._skipped.inc()
                 continue
             by_shape.setdefault(patch.bands.shape, []).append(i)
@@ -89,7 +90,7 @@ class PatchModelHandler(ModelHandler[Any, ClassifiedPatch, Any]):
             for j, i in enumerate(indices):
                 patch = batch[i]
                 classes, probability = classify_patch(probabilities[j], patch.observed, patch.kernel, self._threshold)
-                results[i] = ClassifiedPatch(patch.grid, patch.year, patch.index, patch.row, patch.col, classes, probability)
+                results[i] = ClassifiedPatch.of(patch, classes, probability)
             self._inferred.inc(len(indices))
         return results
 
@@ -99,31 +100,40 @@ class PatchModelHandler(ModelHandler[Any, ClassifiedPatch, Any]):
 
     def get_metrics_namespace(self) -> str:
         """RunInference's metrics namespace."""
-        return "BeamML_MiningMapper"
+        return RUN_INFERENCE_NAMESPACE
 
 
 class ClassifyPatches(beam.PTransform):
-    """((grid, year, index), ExportPatch) → ((grid, year, index), ClassifiedPatch), per-grid model routing."""
+    """(PatchKey, ExportPatch) → (PatchKey, ClassifiedPatch), each grid classified by its model.
 
-    def __init__(self, routes: Sequence[ModelRoute], threshold: float, min_batch_size: int, max_batch_size: int, require_gpu: bool = False):
+    Routing is a `Partition` by grid into one RunInference per model rather than Beam's
+    `KeyedModelHandler` with `KeyModelMapping`: with a mapping, RunInference batches elements of every
+    model together and then splits each batch per model, so a state model's share of a batch is often a
+    handful of patches; a partition gives each model its own BatchElements and full batches.
+    """
+
+    def __init__(self, *, config: RunConfig):
         super().__init__()
-        self._require_gpu = require_gpu
-        self._routes = tuple(routes)
-        self._threshold = threshold
-        self._min_batch_size = min_batch_size
-        self._max_batch_size = max_batch_size
+        self._config = config
 
     def expand(self, patches: beam.PCollection) -> beam.PCollection:
-        routes = self._routes
-        grid_to_route = {grid: i for i, route in enumerate(routes) for grid in route.grids}
-        national = next(i for i, route in enumerate(routes) if not route.grids)
+        config = self._config
+        routes = list(config.routes)
         parts = patches | "Route by grid" >> beam.Partition(
-            lambda element, n: grid_to_route.get(element[0][0], national), len(routes)
+            lambda element, n: routes.index(config.route_for(element[0].grid)), len(routes)
         )
         classified = []
         for route, part in zip(routes, parts):
             handler = KeyedModelHandler(
-                PatchModelHandler(route.path, self._threshold, self._min_batch_size, self._max_batch_size, self._require_gpu)
+                PatchModelHandler(
+                    route.path,
+                    threshold=config.threshold,
+                    min_batch_size=config.min_batch_size,
+                    max_batch_size=config.max_batch_size,
+                    require_gpu=config.require_gpu,
+                )
             )
-            classified.append(part | f"Infer {route.name}" >> RunInference(handler))
+            classified.append(
+                part | f"Infer {route.name}" >> RunInference(handler).with_output_types(typehints.KV[PatchKey, ClassifiedPatch])
+            )
         return classified | "Merge models" >> beam.Flatten()

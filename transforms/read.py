@@ -1,6 +1,6 @@
 """READ stage: Earth Engine TFRecord exports → keyed patches, geometries, dead letters (DESIGN §2).
 
-A thin Beam shell over `pipeline.exports.read_export`: one element per (grid, year) reads that export's
+A thin Beam shell over `pipeline.io.export_reader.read_export`: one element per (grid, year) reads that export's
 mixer and shards in order (streaming, one record at a time) and routes what it finds to four outputs.
 """
 from __future__ import annotations
@@ -8,20 +8,15 @@ from __future__ import annotations
 from typing import Iterable, Iterator, Sequence
 
 import apache_beam as beam
-from apache_beam import pvalue
+from apache_beam import pvalue, typehints
 from apache_beam.metrics import Metrics
 
-from pipeline.exports import (
-    DEFAULT_NODATA,
-    DeadLetter,
-    ExportGeometry,
-    ExportPatch,
-    MissingExport,
-    export_dir_of,
-    read_export,
-)
+from pipeline.contract import DEFAULT_NODATA
+from pipeline.elements import DeadLetter, ExportGeometry, ExportPatch, GridYearKey, MissingExport, PatchKey
+from pipeline.io.export_layout import export_dir_of
+from pipeline.io.export_reader import read_export
+from transforms.metrics import READ_NAMESPACE
 
-METRICS_NAMESPACE = "mining_mapper.read"
 PATCHES = "patches"
 GEOMETRY = "geometry"
 DEAD_LETTER = "dead_letter"
@@ -45,13 +40,13 @@ class _ReadExportFn(beam.DoFn):
         self._nodata = nodata_values
         self._kernel = kernel
         self._fill = fill_value
-        self._patches = Metrics.counter(METRICS_NAMESPACE, "patches_read")
-        self._not_observed = Metrics.counter(METRICS_NAMESPACE, "not_observed_pixels")
-        self._dead = Metrics.counter(METRICS_NAMESPACE, "dead_letters")
-        self._missing = Metrics.counter(METRICS_NAMESPACE, "missing_exports")
-        self._exports = Metrics.counter(METRICS_NAMESPACE, "exports_read")
+        self._patches = Metrics.counter(READ_NAMESPACE, "patches_read")
+        self._not_observed = Metrics.counter(READ_NAMESPACE, "not_observed_pixels")
+        self._dead = Metrics.counter(READ_NAMESPACE, "dead_letters")
+        self._missing = Metrics.counter(READ_NAMESPACE, "missing_exports")
+        self._exports = Metrics.counter(READ_NAMESPACE, "exports_read")
 
-    def process(self, element: tuple[str, int]) -> Iterator:
+    def process(self, element: GridYearKey) -> Iterator:
         """Read one (grid, year) export, routing each event to its output and counting it."""
         grid, year = element
         export_dir = export_dir_of(self._root, grid, year)
@@ -65,13 +60,13 @@ class _ReadExportFn(beam.DoFn):
                 yield (event.key, event)
             elif isinstance(event, ExportGeometry):
                 self._exports.inc()
-                yield pvalue.TaggedOutput(GEOMETRY, ((event.grid, event.year), event))
+                yield pvalue.TaggedOutput(GEOMETRY, (GridYearKey.of(event), event))
             elif isinstance(event, DeadLetter):
                 self._dead.inc()
-                yield pvalue.TaggedOutput(DEAD_LETTER, event.as_dict())
+                yield pvalue.TaggedOutput(DEAD_LETTER, (GridYearKey.of(event), event))
             elif isinstance(event, MissingExport):
                 self._missing.inc()
-                yield pvalue.TaggedOutput(MISSING, ((event.grid, event.year), event.reason))
+                yield pvalue.TaggedOutput(MISSING, (GridYearKey.of(event), event))
             else:  # pragma: no cover - read_export yields only the four kinds
                 raise TypeError(f"unexpected read event {event!r}")
 
@@ -80,13 +75,13 @@ class ReadEarthEngineExports(beam.PTransform):
     """Read the Earth Engine exports `{exports_root}/{grid}/{year}/` of the given (grid, year) pairs.
 
     Returns a dict of PCollections:
-      - "patches": ((grid, year, patch_index), ExportPatch), bands in `bands` order with the kernel
+      - "patches": (PatchKey, ExportPatch), bands in `bands` order with the kernel
         buffer kept (the model sees the context; crop after inference with `ExportPatch.core()` or
-        `pipeline.exports.crop_buffer`), not-observed pixels filled with `fill_value`;
-      - "geometry": ((grid, year), ExportGeometry) for every export whose mixer was read;
-      - "dead_letter": {grid, year, file, record (patch index or None), reason} for every bad record,
-        unreadable shard, shard that cannot be placed, and record-count mismatch with the mixer;
-      - "missing": ((grid, year), reason) when the export folder or its mixer is absent.
+        `pipeline.contract.crop_buffer`), not-observed pixels filled with `fill_value`;
+      - "geometry": (GridYearKey, ExportGeometry) for every export whose mixer was read;
+      - "dead_letter": (GridYearKey, DeadLetter) for every bad record, unreadable shard, shard that
+        cannot be placed, and record-count mismatch with the mixer (the file and the reason);
+      - "missing": (GridYearKey, MissingExport) when the export folder or its mixer is absent.
     Metrics (namespace "mining_mapper.read"): patches_read, not_observed_pixels (in the unbuffered
     patches), dead_letters, missing_exports, exports_read.
 
@@ -127,12 +122,20 @@ class ReadEarthEngineExports(beam.PTransform):
         """(grid, year) elements → one read per export → the four outputs (patches reshuffled if asked)."""
         outputs = (
             pbegin
-            | "GridYears" >> beam.Create(self._grid_years)
+            | "GridYears" >> beam.Create([GridYearKey(grid, year) for grid, year in self._grid_years])
             | "ReadExports"
             >> beam.ParDo(
                 _ReadExportFn(self._root, self._bands, self._nodata, self._kernel, self._fill)
             ).with_outputs(GEOMETRY, DEAD_LETTER, MISSING, main=PATCHES)
         )
+        keyed = {
+            PATCHES: typehints.KV[PatchKey, ExportPatch],
+            GEOMETRY: typehints.KV[GridYearKey, ExportGeometry],
+            DEAD_LETTER: typehints.KV[GridYearKey, DeadLetter],
+            MISSING: typehints.KV[GridYearKey, MissingExport],
+        }
+        for tag, hint in keyed.items():
+            outputs[tag].element_type = hint
         patches = outputs[PATCHES]
         if self._reshuffle:
             patches = patches | "SpreadPatches" >> beam.Reshuffle()

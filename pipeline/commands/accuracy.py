@@ -60,18 +60,18 @@ def run(args: argparse.Namespace) -> int:
     """Run the chosen step and publish its files."""
     from pipeline.errors import UserError
     from pipeline.products import accuracy as acc
-    from pipeline.products import io as pio
+    from pipeline.io import filesystem as fs
 
     if args.accuracy_step == "design":
         files = acc.make_design(
             args.map, args.class_value, args.nodata_value, args.ring_width, args.n, args.target_se,
             _parse_expected(args.expected_users), args.allocation, args.rare_n, args.seed,
         )
-        pio.publish({pio.join(args.output, name): data for name, data in files.items()})
+        fs.publish_atomically({fs.join(args.output, name): data for name, data in files.items()})
         print(args.output)
         return 0
 
-    design = pio.read_json(args.design)
+    design = fs.read_json(args.design)
     try:
         strata_spec = design["strata"]
         sizes = {name: float(spec["pixels"]) for name, spec in strata_spec.items()}
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                              classes=list(acc.MAP_CLASSES), fpc=args.fpc, counts=sizes)
     mapped = {c: sum(a for s, a in areas.items() if map_class_of[s] == c) for c in acc.MAP_CLASSES}
     files = acc.estimate_files(estimates, mapped, {"sample": str(args.sample), "design": str(args.design), "units": len(sample.strata)})
-    pio.publish({pio.join(args.output, name): data for name, data in files.items()})
+    fs.publish_atomically({fs.join(args.output, name): data for name, data in files.items()})
     m = "mining"
     low, high = estimates.area_ci(m)
     print(

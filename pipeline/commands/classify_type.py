@@ -32,13 +32,14 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from rasterio.windows import Window
 
-    from pipeline.areas import pixel_areas_m2
+    from pipeline.method.areas import pixel_areas_m2
     from pipeline.ranges import parse_years
     from pipeline.earthengine.tables import load_class_id_table
     from pipeline.errors import UserError
-    from pipeline.products import io as pio
+    from pipeline.io import filesystem as fs
+    from pipeline.io import rasters as annual_rasters
     from pipeline.products.classify_type import CLASS_ID_NODATA, classify_year, metric_crs
-    from pipeline.products.cog import CogWriter
+    from pipeline.io.cog import CogWriter
     from pipeline.products.integrate import output_name
     from pipeline.products.occurrences import read_occurrences
     from pipeline.products.stats import nodata_mask, mining_type_of
@@ -53,14 +54,14 @@ def run(args: argparse.Namespace) -> int:
         reasons = "; ".join(f"{n} × {r}" for r, n in occurrences.unused.most_common(5))
         raise UserError(f"{args.occurrences}: none of its {occurrences.total} features has a known mining type and substance ({reasons})")
     say(f"{len(occurrences.ids)} of {occurrences.total} occurrence features usable ({occurrences.schema} fields)")
-    refs = pio.discover(args.mining, parse_years(args.years))
+    refs = annual_rasters.discover(args.mining, parse_years(args.years))
     reprojected: dict[str, object] = {}
     areas_by_grid: dict[tuple, np.ndarray] = {}
     writers, files, rows = [], {}, []
     per_year: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
     try:
         for index, ref in enumerate(refs, start=1):
-            with pio.open_raster(ref.path) as src:
+            with annual_rasters.open_raster(ref.path) as src:
                 if src.crs is None:
                     raise UserError(f"{ref.path}: raster has no CRS")
                 values = src.read(1)
@@ -84,14 +85,14 @@ def run(args: argparse.Namespace) -> int:
                 nodata=CLASS_ID_NODATA, descriptions=["class_id"],
                 tags={
                     "product": "class_id", "year": ref.year, **({"grid": ref.grid} if ref.grid else {}),
-                    "mining_source": pio.basename(ref.path), "occurrences": pio.basename(args.occurrences),
+                    "mining_source": fs.basename(ref.path), "occurrences": fs.basename(args.occurrences),
                     "occurrence_layer": occurrences.layer or "", "buffer_m": args.buffer,
                     "encoding": "0 not mining; Table 3 class_id where mining; 65535 not observed",
                 },
             )
             writers.append(writer)
             writer.write(class_ids, Window(0, 0, values.shape[1], values.shape[0]))
-            files[pio.join(args.output, output_name(ref, args.prefix))] = writer.finish()
+            files[fs.join(args.output, output_name(ref, args.prefix))] = writer.finish()
             for c in components:
                 per_year[c.year][c.class_id] += c.area_ha
                 rows.append([
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
                     ";".join(c.evidence_ids), ";".join(map(str, c.evidence_codes)),
                     f"{c.centroid_lon:.6f}", f"{c.centroid_lat:.6f}",
                 ])
-            say(f"{index}/{len(refs)} {pio.basename(ref.path)}: {len(components)} components")
+            say(f"{index}/{len(refs)} {fs.basename(ref.path)}: {len(components)} components")
         text = io.StringIO()
         writer_csv = csv.writer(text, lineterminator="\n")
         writer_csv.writerow([
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             "distance_m", "evidence", "evidence_class_ids", "centroid_lon", "centroid_lat",
         ])
         writer_csv.writerows(rows)
-        files[pio.join(args.output, "components.csv")] = text.getvalue().encode()
+        files[fs.join(args.output, "components.csv")] = text.getvalue().encode()
         summary = {
             "occurrences": {
                 "path": str(args.occurrences), "layer": occurrences.layer, "fields": occurrences.schema,
@@ -121,8 +122,8 @@ def run(args: argparse.Namespace) -> int:
                 str(y): {str(c): round(v, 4) for c, v in sorted(codes.items())} for y, codes in sorted(per_year.items())
             },
         }
-        files[pio.join(args.output, "classify_type_summary.json")] = json.dumps(summary, indent=2, ensure_ascii=False).encode()
-        pio.publish(files)
+        files[fs.join(args.output, "classify_type_summary.json")] = json.dumps(summary, indent=2, ensure_ascii=False).encode()
+        fs.publish_atomically(files)
     finally:
         for writer in writers:
             writer.close()

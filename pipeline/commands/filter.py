@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import os
 import sys
 import time
@@ -14,7 +13,7 @@ HELP = "Apply gap fill → temporal → spatial → frequency filters (DESIGN.md
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of the filter command; the filter parameters mirror `pipeline.filters.FilterParams`."""
+    """Arguments of the filter command; the filter parameters mirror `pipeline.method.filters.FilterParams`."""
     parser.add_argument("inputs", nargs="+", help="annual GeoTIFFs: a folder, a glob pattern or files (year in the name or a 'year' tag)")
     parser.add_argument("--output", required=True, help="output folder (local path or gs://)")
     parser.add_argument("--class-value", type=int, default=30, help="input value meaning mining; other valid values are not mining (default 30)")
@@ -44,21 +43,18 @@ def _progress(quiet: bool):
 
 def run(args: argparse.Namespace) -> int:
     """Read, filter, and publish the COGs, areas.csv and summary.json all at once (or nothing)."""
-    from pipeline import __version__
-    from pipeline.areas import hectares_per_year, pixel_areas_m2
+    from pipeline.method.areas import hectares_per_year, pixel_areas_m2
     from pipeline.errors import UserError
-    from pipeline.filters import STAGES, FilterParams, apply_chain
+    from pipeline.method.filters import STAGES, FilterParams, apply_chain
     from pipeline.ranges import parse_years
-    from pipeline.rasters import (
-        classes_to_output,
-        encode_cog,
-        find_annual_rasters,
-        origin_to_band,
-        publish_atomically,
-        read_class_series,
-    )
+    from pipeline.contract import origin_to_band
+    from pipeline.io.cog import classification_bands, encode_cog
+    from pipeline.io.filesystem import absolute_uri, join, publish_atomically
+    from pipeline.io.summary import GridYearStatus, RunSummary, command_line, now_utc
+    from pipeline.io.rasters import find_annual_rasters, read_class_series
 
     say = _progress(args.quiet)
+    started = now_utc()
     try:
         params = FilterParams.from_arguments(args, mode=args.mode)
     except ValueError as error:
@@ -95,39 +91,45 @@ def run(args: argparse.Namespace) -> int:
         tags_common["grid"] = args.grid
     outputs: dict[str, bytes] = {}
     for index, year in enumerate(years):
-        bands = [classes_to_output(result.classes[index])]
-        descriptions = ["mining_classification"]
-        offsets = [0.0]
-        if args.origin_band:
-            bands.append(origin_to_band(result.origin[index], years))
-            descriptions.append("gapfill_origin_year")
-            offsets.append(1900.0)
+        bands, descriptions, offsets = classification_bands(
+            result.classes[index], origin_years=origin_to_band(result.origin[index], years) if args.origin_band else None
+        )
         tags = {**tags_common, "year": str(year), "source": os.path.basename(series.paths[index])}
         if args.origin_band:
             tags["origin_encoding"] = "band 2 = origin year - 1900 (offset 1900); 255 = never observed"
-        outputs[_join(args.output, f"{args.prefix}_{year}.tif")] = encode_cog(
+        outputs[join(args.output, f"{args.prefix}_{year}.tif")] = encode_cog(
             bands, series.crs, series.transform, tags, descriptions, offsets
         )
-    outputs[_join(args.output, "areas.csv")] = _areas_csv(years, hectares)
-    summary = {
-        "software_version": __version__,
-        "command": "filter",
-        "inputs": {str(y): series.paths[i] for i, y in enumerate(years)},
-        "parameters": {**params.as_tags(), "class_value": args.class_value, "extra_nodata": args.nodata_value},
-        "crs": series.crs.to_string(),
-        "transform": list(series.transform)[:6],
-        "shape": list(series.stack.shape[1:]),
-        "years": {
-            str(year): {
-                "status": "written",
-                "output": f"{args.prefix}_{year}.tif",
-                "mining_pixels": {stage: int(result.mining_pixels[stage][i]) for stage in STAGES},
-                "mining_ha": {stage: round(float(hectares[stage][i]), 4) for stage in STAGES},
-            }
-            for i, year in enumerate(years)
+    outputs[join(args.output, "areas.csv")] = _areas_csv(years, hectares)
+    grid = args.grid or args.prefix
+    summary = RunSummary(
+        command="filter",
+        output=absolute_uri(args.output),
+        parameters={
+            **params.as_dict(),
+            "class_value": args.class_value,
+            "extra_nodata": list(args.nodata_value),
+            "crs": series.crs.to_string(),
+            "transform": list(series.transform)[:6],
+            "shape": list(series.stack.shape[1:]),
         },
-    }
-    outputs[_join(args.output, "summary.json")] = json.dumps(summary, indent=2).encode()
+        inputs={str(y): absolute_uri(series.paths[i]) for i, y in enumerate(years)},
+        grid_years=[
+            GridYearStatus(
+                grid,
+                year,
+                "written",
+                path=absolute_uri(join(args.output, f"{args.prefix}_{year}.tif")),
+                mining_pixels={stage: int(result.mining_pixels[stage][i]) for stage in STAGES},
+                mining_ha={stage: round(float(hectares[stage][i]), 4) for stage in STAGES},
+            )
+            for i, year in enumerate(years)
+        ],
+        started=started,
+        finished=now_utc(),
+        command_line=command_line(),
+    )
+    outputs[join(args.output, "summary.json")] = summary.to_json()
     say(f"writing {len(years)} COGs, areas.csv and summary.json to {args.output}")
     publish_atomically(outputs)
     say(f"done: {len(years)} years; mining {hectares['input'].sum() / len(years):.1f} ha/yr before, "
@@ -136,12 +138,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _join(directory: str, name: str) -> str:
-    return f"{directory.rstrip('/')}/{name}" if directory.startswith("gs://") else os.path.join(directory, name)
-
-
 def _areas_csv(years, hectares) -> bytes:
-    from pipeline.filters import STAGES
+    from pipeline.method.filters import STAGES
 
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")

@@ -30,14 +30,15 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.ranges import parse_years
     from pipeline.earthengine.tables import load_prevalence_table
     from pipeline.errors import UserError
-    from pipeline.products import io as pio
+    from pipeline.io import filesystem as fs
+    from pipeline.io import rasters as annual_rasters
     from pipeline.products.integrate import integrate_raster, output_name, pair_land_cover, rank_lookup
     from pipeline.products.stats import AreaCache
 
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     ranks = load_prevalence_table(args.prevalence)
-    mining = pio.discover(args.mining, parse_years(args.years))
-    cover_refs = pio.discover(args.land_cover)
+    mining = annual_rasters.discover(args.mining, parse_years(args.years))
+    cover_refs = annual_rasters.discover(args.land_cover)
     land_cover: dict[int, str] = {}
     for ref in cover_refs:
         if ref.year in land_cover:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             )
             writers.append(writer)
             name = output_name(ref, args.prefix)
-            files[pio.join(args.output, name)] = path
+            files[fs.join(args.output, name)] = path
             summary.append(
                 {
                     "grid": ref.grid,
@@ -72,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
             )
             say(f"{index}/{len(pairs)} {name}: {change.mining_ha:.1f} ha of mining, {change.changed_pixels} pixels changed")
         document = {"rule": "prevalence (DESIGN.md section 5)", "ranks": {str(k): v for k, v in ranks.items()}, "rasters": summary}
-        files[pio.join(args.output, "integrate_summary.json")] = json.dumps(document, indent=2).encode()
-        pio.publish(files)
+        files[fs.join(args.output, "integrate_summary.json")] = json.dumps(document, indent=2).encode()
+        fs.publish_atomically(files)
     finally:
         for writer in writers:
             writer.close()

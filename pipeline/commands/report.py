@@ -24,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Gather the run, draw the charts and quicklooks, write report.html and the STAC catalog."""
     from pipeline.errors import UserError
-    from pipeline.products import io as pio
+    from pipeline.io import filesystem as fs
     from pipeline.products.report import before_paths, parse_quicklook, quicklook_png, render_report, scan_run
     from pipeline.products.stac import build_catalog
     from pipeline.products.stats import compute_statistics
@@ -52,16 +52,16 @@ def run(args: argparse.Namespace) -> int:
     for grid, year in wanted:
         ref = by_key[(grid, year)]
         png, panels = quicklook_png(ref, before.get((grid, year)), class_value)
-        label = f"{'grid ' + grid + ', ' if grid else ''}{year}: {pio.basename(ref.path)} ({'; '.join(panels)})"
+        label = f"{'grid ' + grid + ', ' if grid else ''}{year}: {fs.basename(ref.path)} ({'; '.join(panels)})"
         quicklooks.append((label, png))
     files = {}
     stac_href = None
     if not args.no_stac:
         refs = [*contents.classification, *contents.class_id, *contents.others]
-        files.update(build_catalog(refs, pio.join(args.output, "stac"), title=args.title))
+        files.update(build_catalog(refs, fs.join(args.output, "stac"), title=args.title))
         stac_href = "stac/catalog.json"
     page = render_report(contents, args.output, stats.total_by_year(), stats.comparison(), by_type, quicklooks, stac_href, args.title)
-    files[pio.join(args.output, "report.html")] = page.encode("utf-8")
-    pio.publish(files)
-    print(pio.join(args.output, "report.html"), file=sys.stdout)
+    files[fs.join(args.output, "report.html")] = page.encode("utf-8")
+    fs.publish_atomically(files)
+    print(fs.join(args.output, "report.html"), file=sys.stdout)
     return 0

@@ -13,7 +13,7 @@ HELP = (
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    """Arguments of the sample command (see pipeline.sample.SampleSpec)."""
+    """Arguments of the sample command (see pipeline.demo.sample.SampleSpec)."""
     parser.add_argument("--output", required=True, help="output folder (local path or gs://): exports/, training/, truth/, sample.json")
     parser.add_argument("--preset", default="appendix", help="band preset: appendix (default) or c9-code")
     parser.add_argument("--grids", type=int, default=2, help="number of sample grids, placed on real mining regions (default 2)")
@@ -86,7 +86,7 @@ def _prepare_output(output: str, overwrite: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate the sample and print where it is."""
-    from pipeline.sample import SampleSpec, generate_sample
+    from pipeline.demo.sample import SampleSpec, generate_sample
 
     spec = SampleSpec(
         preset=args.preset,

@@ -29,12 +29,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Measure every raster and publish the tables; print the per-year totals and the comparison."""
     from pipeline.errors import UserError
-    from pipeline.products import io as pio
+    from pipeline.io import filesystem as fs
+    from pipeline.io import rasters as annual_rasters
     from pipeline.products.stats import compute_statistics, statistics_files
 
     if args.chunk_rows < 1:
         raise UserError(f"--chunk-rows must be at least 1, not {args.chunk_rows}")
-    refs = pio.discover(args.inputs, parse_years(args.years))
+    refs = annual_rasters.discover(args.inputs, parse_years(args.years))
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"measuring {len(refs)} raster(s)")
     stats = compute_statistics(
@@ -42,10 +43,10 @@ def run(args: argparse.Namespace) -> int:
         class_value=args.class_value,
         extra_nodata=args.nodata_value,
         chunk_rows=args.chunk_rows,
-        progress=lambda i, n, p: say(f"  {i}/{n} {pio.basename(p)}") if i % 10 == 0 or i == n else None,
+        progress=lambda i, n, p: say(f"  {i}/{n} {fs.basename(p)}") if i % 10 == 0 or i == n else None,
     )
     files = statistics_files(stats, _class_names())
-    pio.publish({pio.join(args.output, name): data for name, data in files.items()})
+    fs.publish_atomically({fs.join(args.output, name): data for name, data in files.items()})
     if not args.quiet:
         for year, ha in stats.total_by_year().items():
             print(f"{year}\t{ha:.2f} ha")

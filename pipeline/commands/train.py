@@ -12,7 +12,7 @@ HELP = (
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Options of `mining-mapper train` (defaults as published: Adam, 5e-6, batch 10, C9 U-Net)."""
-    from model.presets import BAND_PRESETS, DEFAULT_PRESET, NORMALIZATIONS
+    from pipeline.contract import BAND_PRESETS, DEFAULT_PRESET, NORMALIZATIONS
 
     parser.add_argument("data", nargs="+", help="training TFRecord files, folders ({root}/{grid}/...) or globs")
     parser.add_argument("--output", "-o", required=True, help="run folder: transform, checkpoints, state, model/")

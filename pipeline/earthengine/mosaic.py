@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from model.presets import BAND_PRESETS
+from pipeline.contract import BAND_PRESETS, EXPORT_MAX, INDEX_FORMULAS, INDEX_OFFSET, INDEX_SCALE, REFLECTANCE_SCALE
 
 COLLECTIONS = {
     "L5": "LANDSAT/LT05/C02/T1_TOA",
@@ -36,17 +36,10 @@ REFLECTANCE_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")
 QA_BAND = "QA_PIXEL"
 QA_MASK_BITS = (1, 3, 4)  # dilated cloud, cloud, cloud shadow
 QA_MASK = sum(1 << bit for bit in QA_MASK_BITS)
-# index name -> (first, second) of the normalized difference (first - second) / (first + second)
-INDICES = {
-    "ndvi": ("nir", "red"),
-    "mndwi": ("green", "swir1"),
-    "ndsi": ("swir1", "nir"),
-}
+INDICES = INDEX_FORMULAS  # index name -> (a, b) of the normalized difference (a - b) / (a + b)
 PRESETS = BAND_PRESETS  # the model's input order is the one table of presets
 FIRST_YEAR = 1985
 SENSOR_SWITCH_YEAR = 2014
-REFLECTANCE_SCALE = 255
-INDEX_SCALE = 127
 
 
 def preset_bands(preset: str) -> tuple[str, ...]:
@@ -124,12 +117,12 @@ def scale_to_bytes(image, bands: Sequence[str]):
     scaled = []
     for band in bands:
         if band in INDICES:
-            value = image.select(band).add(1).multiply(INDEX_SCALE)
+            value = image.select(band).add(INDEX_OFFSET).multiply(INDEX_SCALE)
         elif band in REFLECTANCE_BANDS:
             value = image.select(band).multiply(REFLECTANCE_SCALE)
         else:
             raise ValueError(f"band {band!r} is neither a reflectance band nor an index")
-        scaled.append(value.clamp(0, 255))
+        scaled.append(value.clamp(0, EXPORT_MAX))
     return ee.Image.cat(scaled).toByte().rename(list(bands))
 
 

@@ -332,13 +332,13 @@ def make_design(
 
     from pyproj import CRS, Transformer
 
-    from pipeline.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
-    from pipeline.products import io as pio
+    from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
+    from pipeline.io import rasters as annual_rasters
     from pipeline.products.stats import nodata_mask
 
     if ring_width_m < 0:
         raise UserError(f"ring width must be 0 or more metres, not {ring_width_m}")
-    with pio.open_raster(path) as src:
+    with annual_rasters.open_raster(path) as src:
         if src.crs is None:
             raise UserError(f"{path}: raster has no CRS")
         values = src.read(1)
@@ -412,9 +412,9 @@ def read_labelled_sample(path: str, strata_names: Sequence[str], drop_unlabelled
     import io as _io
     import json
 
-    from pipeline.products import io as pio
+    from pipeline.io import filesystem as fs
 
-    raw = pio.read_bytes(path)
+    raw = fs.read_bytes(path)
     if str(path).lower().endswith((".geojson", ".json")):
         try:
             document = json.loads(raw.decode("utf-8"))

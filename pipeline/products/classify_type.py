@@ -18,7 +18,7 @@ from pyproj import CRS, Transformer
 from rasterio.features import shapes
 from scipy import ndimage
 
-from pipeline.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
+from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
 from pipeline.products.occurrences import Occurrences
 
 NOT_MINING_CODE = 0

@@ -17,10 +17,11 @@ import numpy as np
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 
-from pipeline.areas import SQUARE_METRES_PER_HECTARE
+from pipeline.method.areas import SQUARE_METRES_PER_HECTARE
 from pipeline.errors import UserError
-from pipeline.products import io as pio
-from pipeline.products.cog import CogWriter, row_windows
+from pipeline.io import filesystem as fs
+from pipeline.io import rasters as annual_rasters
+from pipeline.io.cog import CogWriter, row_windows
 from pipeline.products.stats import AreaCache
 
 MINING_CLASS = 30
@@ -81,8 +82,8 @@ def _same_grid(a, b) -> bool:
 
 
 def pair_land_cover(
-    mining: Sequence[pio.RasterRef], land_cover: Mapping[int, str], nearest_year: bool = False
-) -> dict[str, tuple[pio.RasterRef, str, int]]:
+    mining: Sequence[annual_rasters.RasterRef], land_cover: Mapping[int, str], nearest_year: bool = False
+) -> dict[str, tuple[annual_rasters.RasterRef, str, int]]:
     """For each mining raster, its land-cover raster of the same year (or the nearest year, if asked)."""
     if not land_cover:
         raise UserError("no land-cover raster given")
@@ -100,7 +101,7 @@ def pair_land_cover(
 
 
 def integrate_raster(
-    mining_ref: pio.RasterRef,
+    mining_ref: annual_rasters.RasterRef,
     land_cover_path: str,
     lookup: np.ndarray,
     mining_value: int = MINING_CLASS,
@@ -113,7 +114,7 @@ def integrate_raster(
     change = YearChange(grid=mining_ref.grid, year=mining_ref.year, path=mining_ref.path)
     cache = cache or AreaCache()
     replaced: dict[int, float] = defaultdict(float)
-    with pio.open_raster(mining_ref.path) as mining_src, pio.open_raster(land_cover_path) as cover_src:
+    with annual_rasters.open_raster(mining_ref.path) as mining_src, annual_rasters.open_raster(land_cover_path) as cover_src:
         if mining_src.crs is None:
             raise UserError(f"{mining_ref.path}: raster has no CRS")
         if cover_src.crs is None:
@@ -156,8 +157,8 @@ def integrate_raster(
                 "product": "integrated",
                 "year": mining_ref.year,
                 **({"grid": mining_ref.grid} if mining_ref.grid else {}),
-                "mining_source": pio.basename(mining_ref.path),
-                "land_cover_source": pio.basename(land_cover_path),
+                "mining_source": fs.basename(mining_ref.path),
+                "land_cover_source": fs.basename(land_cover_path),
                 "rule": "prevalence (DESIGN.md section 5, appendix Table 5)",
                 **(tags or {}),
             },
@@ -200,7 +201,7 @@ def integrate_raster(
     return path, change, writer
 
 
-def output_name(ref: pio.RasterRef, prefix: str = "integrated") -> str:
+def output_name(ref: annual_rasters.RasterRef, prefix: str = "integrated") -> str:
     """Relative output path: ``{grid}/{grid}_{year}.tif`` for a grid, else ``{prefix}_{year}.tif``."""
     if ref.grid:
         return f"{ref.grid}/{ref.grid}_{ref.year}.tif"

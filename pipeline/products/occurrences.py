@@ -139,9 +139,9 @@ def read_occurrences(path: str, table, layer: str | None = None, fields: str | N
     """
     import pyogrio
 
-    from pipeline.products import io as pio
+    from pipeline.io import filesystem as fs
 
-    source = pio.gdal_path(path)
+    source = fs.gdal_path(path)
     try:
         layers = pyogrio.list_layers(source)
     except Exception as error:

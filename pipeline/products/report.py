@@ -21,7 +21,8 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.errors import UserError
-from pipeline.products import io as pio
+from pipeline.io import filesystem as fs
+from pipeline.io import rasters as annual_rasters
 from pipeline.products.stac import product_of
 
 TOTAL_COLOUR = "#c0392b"
@@ -35,31 +36,31 @@ class RunContents:
     """What a run folder holds, as found."""
 
     root: str
-    classification: list[pio.RasterRef]
-    class_id: list[pio.RasterRef]
-    others: list[pio.RasterRef]
+    classification: list[annual_rasters.RasterRef]
+    class_id: list[annual_rasters.RasterRef]
+    others: list[annual_rasters.RasterRef]
     summary: object | None
     filter_areas: list[dict] | None
 
 
 def scan_run(root: str, class_id_dirs: Sequence[str] = (), product_dirs: Sequence[str] = ()) -> RunContents:
     """Find the COGs of a run (by their 'product' tag), its summary.json and the filter's areas.csv."""
-    refs = pio.discover([root])
+    refs = annual_rasters.discover([root])
     classification = [r for r in refs if product_of(r.tags) == "classification"]
     class_id = [r for r in refs if product_of(r.tags) == "class_id"]
     others = [r for r in refs if product_of(r.tags) not in ("classification", "class_id")]
     for folder in class_id_dirs:
-        found = pio.discover([folder])
+        found = annual_rasters.discover([folder])
         class_id += [r for r in found if product_of(r.tags) == "class_id"]
         others += [r for r in found if product_of(r.tags) != "class_id"]
     for folder in product_dirs:
-        others += pio.discover([folder])
+        others += annual_rasters.discover([folder])
     if not classification:
         raise UserError(f"{root}: holds no classification COG (a raster without a 'product' tag)")
-    summary_path = pio.join(root, "summary.json")
-    summary = pio.read_json(summary_path) if pio.exists(summary_path) else None
-    areas_path = pio.join(root, "areas.csv")
-    filter_areas = read_filter_areas(areas_path) if pio.exists(areas_path) else pipeline_filter_areas(summary)
+    summary_path = fs.join(root, "summary.json")
+    summary = fs.read_json(summary_path) if fs.exists(summary_path) else None
+    areas_path = fs.join(root, "areas.csv")
+    filter_areas = read_filter_areas(areas_path) if fs.exists(areas_path) else pipeline_filter_areas(summary)
     return RunContents(root, classification, class_id, others, summary, filter_areas)
 
 
@@ -85,7 +86,7 @@ def pipeline_filter_areas(summary: object) -> list[dict] | None:
 
 def read_filter_areas(path: str) -> list[dict]:
     """The filter command's areas.csv: year and mining hectares after each stage (input, gap_fill, … frequency)."""
-    text = pio.read_bytes(path).decode("utf-8-sig")
+    text = fs.read_bytes(path).decode("utf-8-sig")
     rows = list(csv.DictReader(io.StringIO(text)))
     if not rows or "year" not in rows[0]:
         raise UserError(f"{path}: expected a 'year' column and mining_ha_<stage> columns")
@@ -193,7 +194,7 @@ def reduce_probability(values: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def _read_band(path: str, band: int) -> tuple[np.ndarray, float | None]:
-    with pio.open_raster(path) as src:
+    with annual_rasters.open_raster(path) as src:
         return src.read(band), src.nodata
 
 
@@ -205,7 +206,7 @@ def _class_image(reduced: np.ndarray) -> np.ndarray:
 
 
 def quicklook_png(
-    ref: pio.RasterRef, before: str | None = None, before_class_value: int = 30, mining_value: int = 30, max_side: int = 500
+    ref: annual_rasters.RasterRef, before: str | None = None, before_class_value: int = 30, mining_value: int = 30, max_side: int = 500
 ) -> tuple[bytes, list[str]]:
     """PNG panels of one grid-year: probability (when the COG has that band), classes before and after the filters.
 
@@ -217,7 +218,7 @@ def quicklook_png(
     import matplotlib.pyplot as plt
 
     panels = []
-    with pio.open_raster(ref.path) as src:
+    with annual_rasters.open_raster(ref.path) as src:
         descriptions = [(d or "").lower() for d in src.descriptions]
     probability = [i for i, d in enumerate(descriptions) if "prob" in d]
     if probability:
@@ -396,8 +397,8 @@ def render_report(
     all_refs = [*contents.classification, *contents.class_id, *contents.others]
     rows = []
     for ref in all_refs:
-        href = pio.relative_href(ref.path, output_dir)
-        rows.append([product_of(ref.tags), ref.grid or "", ref.year, RawHtml(f'<a href="{html.escape(href)}">{html.escape(pio.basename(ref.path))}</a>')])
+        href = fs.relative_href(ref.path, output_dir)
+        rows.append([product_of(ref.tags), ref.grid or "", ref.year, RawHtml(f'<a href="{html.escape(href)}">{html.escape(fs.basename(ref.path))}</a>')])
     parts.append(_table(["product", "grid", "year", "COG"], rows))
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -416,7 +417,7 @@ def before_paths(contents: RunContents, before_dir: str | None) -> dict[tuple, s
     """(grid, year) → the raster before the filters: from --before, else the filter command's summary 'inputs'."""
     found: dict[tuple, str] = {}
     if before_dir:
-        for ref in pio.discover([before_dir]):
+        for ref in annual_rasters.discover([before_dir]):
             found[(ref.grid, ref.year)] = ref.path
         return found
     if isinstance(contents.summary, Mapping) and isinstance(contents.summary.get("inputs"), Mapping):

@@ -16,8 +16,9 @@ import pystac
 from pystac.extensions.projection import ProjectionExtension
 from rasterio.warp import transform_bounds
 
-from pipeline.products import io as pio
-from pipeline.products.cog import COG_MEDIA_TYPE
+from pipeline.io import filesystem as fs
+from pipeline.io import rasters as annual_rasters
+from pipeline.io.cog import COG_MEDIA_TYPE
 
 
 def product_of(tags: dict) -> str:
@@ -25,9 +26,9 @@ def product_of(tags: dict) -> str:
     return str(tags.get("product") or "classification")
 
 
-def item_for(ref: pio.RasterRef, href: str) -> pystac.Item:
+def item_for(ref: annual_rasters.RasterRef, href: str) -> pystac.Item:
     """A STAC Item for one annual COG; `href` is where the asset will be linked from."""
-    with pio.open_raster(ref.path) as src:
+    with annual_rasters.open_raster(ref.path) as src:
         west, south, east, north = transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
         epsg = src.crs.to_epsg() if src.crs else None
         wkt = src.crs.to_wkt() if src.crs else None
@@ -37,7 +38,7 @@ def item_for(ref: pio.RasterRef, href: str) -> pystac.Item:
         dtype = src.dtypes[0]
         nodata = src.nodata
     product = product_of(ref.tags)
-    stem = os.path.splitext(pio.basename(ref.path))[0]
+    stem = os.path.splitext(fs.basename(ref.path))[0]
     if ref.grid:
         item_id = f"{product}-{ref.grid}-{ref.year}"
     else:
@@ -78,7 +79,7 @@ def item_for(ref: pio.RasterRef, href: str) -> pystac.Item:
     return item
 
 
-def build_catalog(refs: Sequence[pio.RasterRef], folder: str, title: str = "mining-mapper outputs") -> dict[str, bytes]:
+def build_catalog(refs: Sequence[annual_rasters.RasterRef], folder: str, title: str = "mining-mapper outputs") -> dict[str, bytes]:
     """A self-contained catalog of the COGs, as files (path → JSON bytes) to publish under `folder`.
 
     Links are relative (the catalog moves with its folder); asset links are relative to the item
@@ -87,13 +88,13 @@ def build_catalog(refs: Sequence[pio.RasterRef], folder: str, title: str = "mini
     catalog = pystac.Catalog(id="mining-mapper", description=f"{title}: {len(refs)} COG(s)", title=title)
     used: dict[str, int] = {}
     for ref in refs:
-        href = ref.path if pio.is_remote(ref.path) else os.path.abspath(ref.path)
+        href = ref.path if fs.is_remote(ref.path) else os.path.abspath(ref.path)
         item = item_for(ref, href)
         used[item.id] = used.get(item.id, 0) + 1
         if used[item.id] > 1:
             item.id = f"{item.id}-{used[item.id]}"
         catalog.add_item(item)
-    root = str(folder) if pio.is_remote(folder) else os.path.abspath(folder)
+    root = str(folder) if fs.is_remote(folder) else os.path.abspath(folder)
     catalog.normalize_hrefs(root)
     catalog.make_all_asset_hrefs_relative()
     catalog.catalog_type = pystac.CatalogType.SELF_CONTAINED

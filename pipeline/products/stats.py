@@ -27,10 +27,10 @@ from pyproj import CRS, Transformer
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from pipeline.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
+from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
 from pipeline.errors import UserError
-from pipeline.products import io as pio
-from pipeline.products.cog import row_windows
+from pipeline.io import rasters as annual_rasters
+from pipeline.io.cog import row_windows
 
 KIND_CLASSIFICATION = "classification"
 KIND_CLASS_ID = "class_id"
@@ -86,9 +86,9 @@ def raster_kind(tags: dict, dtype: str, description: str | None) -> str:
     return KIND_CLASSIFICATION
 
 
-def footprint_of(ref: pio.RasterRef) -> Footprint:
+def footprint_of(ref: annual_rasters.RasterRef) -> Footprint:
     """The lon/lat footprint of a raster (its bounds transformed with densified edges)."""
-    with pio.open_raster(ref.path) as src:
+    with annual_rasters.open_raster(ref.path) as src:
         if src.crs is None:
             raise UserError(f"{ref.path}: raster has no CRS; its pixel areas are unknown")
         west, south, east, north = transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
@@ -156,7 +156,7 @@ def nodata_mask(values: np.ndarray, nodata_values: Iterable[float]) -> np.ndarra
 
 
 def measure_raster(
-    ref: pio.RasterRef,
+    ref: annual_rasters.RasterRef,
     class_value: int = 30,
     extra_nodata: Sequence[float] = (),
     others: Sequence[Footprint] = (),
@@ -169,7 +169,7 @@ def measure_raster(
     `others` are the footprints of overlapping grids of the same year; `counted_*` figures leave out
     the pixels those grids own (see the module docstring). Memory stays O(chunk_rows × width).
     """
-    with pio.open_raster(ref.path) as src:
+    with annual_rasters.open_raster(ref.path) as src:
         if src.crs is None:
             raise UserError(f"{ref.path}: raster has no CRS; its pixel areas are unknown")
         kind = raster_kind(ref.tags, src.dtypes[0], src.descriptions[0] if src.descriptions else None)
@@ -298,7 +298,7 @@ def compare_first_last(series: dict[int, float]) -> dict:
 
 
 def compute_statistics(
-    refs: Sequence[pio.RasterRef],
+    refs: Sequence[annual_rasters.RasterRef],
     class_value: int = 30,
     extra_nodata: Sequence[float] = (),
     chunk_rows: int = 512,
@@ -307,7 +307,7 @@ def compute_statistics(
     """Measure every raster; grids of one year that overlap are de-duplicated in the totals."""
     if not refs:
         raise UserError("no raster to measure")
-    by_year: dict[int, list[pio.RasterRef]] = defaultdict(list)
+    by_year: dict[int, list[annual_rasters.RasterRef]] = defaultdict(list)
     for ref in refs:
         by_year[ref.year].append(ref)
     multi_grid = any(len(v) > 1 for v in by_year.values())

@@ -12,67 +12,14 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from pipeline.exports import crop_buffer
-from pipeline.filters import (
-    MINING,
-    NO_ORIGIN,
-    NOT_OBSERVED,
+from pipeline.contract import MINING, NOT_OBSERVED, PROBABILITY_MAX, crop_buffer, origin_year_lookup
+from pipeline.elements import ClassifiedPatch, GridYearKey, HaloStrip, TileSeries, YearTile
+from pipeline.method.filters import (
     FilterParams,
     apply_temporal_chain,
     frequency_filter,
     spatial_filter_tile,
 )
-
-@dataclasses.dataclass
-class ClassifiedPatch:
-    """One patch after inference: classes 0 / 1 / 255 and the probability as uint8 (p × 255)."""
-
-    grid: str
-    year: int
-    index: int
-    row: int
-    col: int
-    classes: np.ndarray
-    probability: np.ndarray
-
-
-@dataclasses.dataclass
-class TileSeries:
-    """One tile across the run's years, after some stages of the filter chain."""
-
-    grid: str
-    row: int
-    col: int
-    years: tuple[int, ...]
-    classes: np.ndarray
-    origin: np.ndarray | None
-    probability: np.ndarray | None
-    mining_rows: dict[str, np.ndarray]
-
-
-@dataclasses.dataclass
-class HaloStrip:
-    """Pixels of one tile sent to a neighbour so that its spatial filter sees across the edge."""
-
-    source_row: int
-    source_col: int
-    rows: slice
-    cols: slice
-    classes: np.ndarray
-
-
-@dataclasses.dataclass
-class YearTile:
-    """One tile of one year, ready to be placed into its (grid, year) raster."""
-
-    grid: str
-    year: int
-    row: int
-    col: int
-    classes: np.ndarray
-    origin: np.ndarray | None
-    probability: np.ndarray | None
-    mining_rows: dict[str, np.ndarray]
 
 
 def classify_patch(probability: np.ndarray, observed: np.ndarray, kernel: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +33,7 @@ def classify_patch(probability: np.ndarray, observed: np.ndarray, kernel: int, t
     classes = np.where(probability >= threshold, MINING, 0).astype(np.uint8)
     classes[~observed] = NOT_OBSERVED
     # DESIGN.md §2: p × 255, capped at 254 so that 255 keeps meaning "not observed".
-    scaled = np.clip(np.rint(probability * 255.0), 0, 254).astype(np.uint8)
+    scaled = np.clip(np.rint(probability * 255.0), 0, PROBABILITY_MAX).astype(np.uint8)
     scaled[~observed] = NOT_OBSERVED
     return classes, scaled
 
@@ -193,11 +140,11 @@ def spatial_frequency_tile(tile: TileSeries, strips: Iterable[HaloStrip], params
     return dataclasses.replace(tile, classes=classes, mining_rows=rows)
 
 
-def split_years(tile: TileSeries) -> list[tuple[tuple[str, int], YearTile]]:
-    """One ((grid, year), YearTile) per year of a filtered tile."""
+def split_years(tile: TileSeries) -> list[tuple[GridYearKey, YearTile]]:
+    """One (GridYearKey, YearTile) per year of a filtered tile."""
     out = []
     for i, year in enumerate(tile.years):
-        out.append(((tile.grid, year), YearTile(
+        out.append((GridYearKey(tile.grid, year), YearTile(
             grid=tile.grid,
             year=year,
             row=tile.row,
@@ -217,8 +164,7 @@ def assemble_year(tiles: Iterable[YearTile], patch_rows: int, patches_per_row: i
     """
     shape = (patch_rows * patch_size, patches_per_row * patch_size)
     rasters: dict[str, np.ndarray] = {"classes": np.full(shape, NOT_OBSERVED, dtype=np.uint8)}
-    year_lookup = np.full(256, NO_ORIGIN, dtype=np.uint8)
-    year_lookup[: len(years)] = [y - 1900 for y in years]
+    year_lookup = origin_year_lookup(years)
     for tile in tiles:
         r0, c0 = tile.row * patch_size, tile.col * patch_size
         window = (slice(r0, r0 + patch_size), slice(c0, c0 + patch_size))

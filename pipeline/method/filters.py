@@ -27,10 +27,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-NOT_MINING = 0
-MINING = 1
-NOT_OBSERVED = 255
-NO_ORIGIN = 255
+from pipeline.contract import MINING, NO_ORIGIN, NOT_MINING, NOT_OBSERVED
 
 Mode = Literal["appendix", "c9-code"]
 MODES: tuple[str, ...] = ("appendix", "c9-code")
@@ -83,8 +80,12 @@ class FilterParams:
         return spatial_halo(self.min_component_size, self.spatial_window)
 
     def as_tags(self) -> dict[str, str]:
-        """The parameters as GeoTIFF tags / run-summary fields."""
+        """The parameters as GeoTIFF tags (strings)."""
         return {f"filter_{k}": str(v) for k, v in dataclasses.asdict(self).items()}
+
+    def as_dict(self) -> dict[str, object]:
+        """The parameters with their types (numbers as numbers), for the run summary."""
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass

@@ -34,8 +34,9 @@ import numpy as np
 
 from pipeline.earthengine.grid import C9_GRID
 from pipeline.errors import UserError
-from model.presets import BAND_PRESETS
-from pipeline.exports import encode_example, frame_record
+from pipeline.contract import BAND_PRESETS, INDEX_FORMULAS, export_scaled
+from pipeline.io.example import encode_example
+from pipeline.io.tfrecord import frame_record
 
 # ----------------------------------------------------------------------------------------------------
 # Constants: the Collection 9 lattice, the export grid, land cover and its reflectances
@@ -401,32 +402,13 @@ def reflectance(lc: np.ndarray, land: Landscape, year: int, rng: np.random.Gener
 
 
 def export_values(refl: np.ndarray, bands: Sequence[str]) -> np.ndarray:
-    """Stored band values (rows, cols, B) float32 from (green, red, nir, swir1) reflectance, DESIGN §1.2.
-
-    Reflectance x 255, indices (x + 1) x 127 (NDVI (nir, red), MNDWI (green, swir1), NDSI (swir1, nir)),
-    clamped to 0–255 and truncated like Earth Engine's toByte().
-    """
-    g, r, n, s = (refl[..., i] for i in range(4))
-    by_name = {"green": g, "red": r, "nir": n, "swir1": s}
-
-    def index(a, b):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(a + b != 0, (a - b) / (a + b), 0.0)
-
-    out = np.empty(refl.shape[:2] + (len(bands),), dtype=np.float32)
-    for i, band in enumerate(bands):
-        if band in by_name:
-            value = by_name[band] * 255.0
-        elif band == "ndvi":
-            value = (index(n, r) + 1.0) * 127.0
-        elif band == "mndwi":
-            value = (index(g, s) + 1.0) * 127.0
-        elif band == "ndsi":
-            value = (index(s, n) + 1.0) * 127.0
-        else:
-            raise UserError(f"the sample cannot make band {band!r} (known: green, red, nir, swir1, ndvi, mndwi, ndsi)")
-        out[..., i] = np.floor(np.clip(value, 0.0, 255.0))
-    return out
+    """Stored band values (rows, cols, B) float32 from (green, red, nir, swir1) reflectance, DESIGN §1.2
+    (`pipeline.contract.export_scaled`: the one definition of Earth Engine's stored scaling)."""
+    by_name = {name: refl[..., i] for i, name in enumerate(("green", "red", "nir", "swir1"))}
+    unknown = [b for b in bands if b not in by_name and b not in INDEX_FORMULAS]
+    if unknown:
+        raise UserError(f"the sample cannot make band {unknown[0]!r} (known: green, red, nir, swir1, ndvi, mndwi, ndsi)")
+    return export_scaled(by_name, bands)
 
 
 def gap_mask(rng: np.random.Generator, shape: tuple[int, int], year: int) -> np.ndarray:

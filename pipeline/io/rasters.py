@@ -1,8 +1,8 @@
-"""Annual classification rasters in and out: finding the years, checking they agree, writing COGs.
+"""Annual rasters in: finding them and their years and grids, checking they agree, reading classes.
 
 Reading turns any categorical map (our own 30/0/255 COGs, MapBiomas land-cover maps) into the
-pipeline's 0 / 1 / 255 classes; writing makes the output COGs of DESIGN.md §2 through rasterio's
-COG driver, and publishes them atomically through Beam's FileSystems (local paths and gs:// alike).
+pipeline's 0 / 1 / 255 classes. Rasters are opened through GDAL, which reads ``gs://bucket/key`` as
+``/vsigs/bucket/key``; listings go through `pipeline.io.filesystem`.
 """
 from __future__ import annotations
 
@@ -10,23 +10,16 @@ import dataclasses
 import glob
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import rasterio
 from affine import Affine
-from rasterio.io import MemoryFile
 
-from pipeline import __version__
+from pipeline.contract import MINING, NOT_MINING, NOT_OBSERVED, OUTPUT_MINING
 from pipeline.errors import UserError
-from pipeline.filters import MINING, NOT_MINING, NOT_OBSERVED
+from pipeline.io.filesystem import basename, gdal_path, is_remote, match, parent_name
 
-OUTPUT_MINING = 30
-OUTPUT_NOT_MINING = 0
-OUTPUT_NODATA = 255
-ORIGIN_YEAR_OFFSET = 1900
 RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
 _YEAR_IN_NAME = re.compile(r"(?<!\d)(1[89]\d\d|20\d\d|2100)(?!\d)")
 
@@ -187,99 +180,104 @@ def _check_same_grid(path: str, grid: tuple, reference: tuple) -> None:
         raise UserError(f"{path}: transform {tuple(transform)[:6]} differs from {ref_path} ({tuple(ref_transform)[:6]})")
 
 
-def classes_to_output(classes: np.ndarray) -> np.ndarray:
-    """Pipeline classes 0 / 1 / 255 → output values 0 / 30 / 255 (DESIGN.md §2)."""
-    out = np.full(classes.shape, OUTPUT_NODATA, dtype=np.uint8)
-    out[classes == NOT_MINING] = OUTPUT_NOT_MINING
-    out[classes == MINING] = OUTPUT_MINING
-    return out
-
-
-def origin_to_band(origin: np.ndarray, years: Sequence[int]) -> np.ndarray:
-    """Gap-fill origin indices (255 = none) → a uint8 band of origin year − 1900 (255 = none)."""
-    lookup = np.full(256, OUTPUT_NODATA, dtype=np.uint8)
-    for index, year in enumerate(years):
-        offset = year - ORIGIN_YEAR_OFFSET
-        if not 0 <= offset < 255:
-            raise ValueError(f"year {year} does not fit the origin band (1900–2154)")
-        lookup[index] = offset
-    return lookup[origin]
-
-
-def encode_cog(
-    bands: Sequence[np.ndarray],
-    crs,
-    transform: Affine,
-    tags: Mapping[str, str],
-    descriptions: Sequence[str],
-    offsets: Sequence[float] | None = None,
-    blocksize: int = 256,
-    compress: str = "DEFLATE",
-) -> bytes:
-    """A Cloud-Optimized GeoTIFF (uint8, nodata 255, NEAREST overviews) of the bands, as bytes.
-
-    rasterio's COG driver stages the pixels itself and builds the COG layout on close.
-    """
-    with MemoryFile() as cog:
-        with rasterio.open(
-            cog.name,
-            "w",
-            driver="COG",
-            dtype="uint8",
-            count=len(bands),
-            height=bands[0].shape[0],
-            width=bands[0].shape[1],
-            crs=crs,
-            transform=transform,
-            nodata=OUTPUT_NODATA,
-            blocksize=blocksize,
-            compress=compress,
-            overview_resampling="nearest",
-            resampling="nearest",
-            bigtiff="IF_SAFER",
-        ) as dst:
-            for index, band in enumerate(bands, start=1):
-                dst.write(band.astype(np.uint8, copy=False), index)
-                dst.set_band_description(index, descriptions[index - 1])
-            if offsets is not None:
-                dst.offsets = tuple(offsets)
-            dst.update_tags(**{"software": "mining-mapper", "software_version": __version__, **{k: str(v) for k, v in tags.items()}})
-        return cog.read()
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Write bytes to `path` (local or any Beam filesystem) under a temporary name, then rename.
-
-    A reader never sees a partial file, and a retried or repeated write leaves one complete file.
-    """
-    publish_atomically({path: data})
-
-
-def publish_atomically(files: Mapping[str, bytes | os.PathLike]) -> None:
-    """Write several files as one step: all under temporary names first, then each renamed into place.
-
-    A value is the file's bytes, or a local file to stream (large COGs need not be held in memory).
-    If any write fails, every temporary is removed and no final name is touched, so a failed run
-    never leaves a half-written output set. Works for local paths and gs:// through Beam's FileSystems
-    (a rename onto an existing object replaces it, locally and on Cloud Storage).
-    """
-    from apache_beam.io.filesystems import FileSystems
-
-    staged: dict[str, str] = {}
+def open_raster(path: str):
+    """Open a raster for reading (local or gs://), turning GDAL's failure into a UserError naming the file."""
     try:
-        for path, data in files.items():
-            directory, name = path.rsplit("/", 1) if "://" in path else os.path.split(path)
-            temporary = f"{directory}/.{name}.partial-{uuid.uuid4().hex}" if "://" in path else os.path.join(directory, f".{name}.partial-{uuid.uuid4().hex}")
-            staged[temporary] = path
-            with FileSystems.create(temporary) as handle:
-                if isinstance(data, (bytes, bytearray)):
-                    handle.write(data)
-                else:
-                    with open(data, "rb") as source:
-                        shutil.copyfileobj(source, handle, 8 << 20)
-    except BaseException:
-        leftovers = [t for t in staged if FileSystems.exists(t)]
-        if leftovers:
-            FileSystems.delete(leftovers)
-        raise
-    FileSystems.rename(list(staged), list(staged.values()))
+        return rasterio.open(gdal_path(path))
+    except rasterio.errors.RasterioIOError as error:
+        raise UserError(f"{path}: not a readable raster ({error})") from None
+
+
+def _match_remote(pattern: str) -> list[str]:
+    return [path for path, _ in match(pattern)]
+
+
+def list_rasters(inputs: Sequence[str]) -> list[str]:
+    """Expand files, folders (searched recursively) and glob patterns, local or gs://, into GeoTIFF paths.
+
+    Hidden files (a leading '.', e.g. the temporaries of an interrupted publish) are skipped.
+    """
+    found: list[str] = []
+    for item in inputs:
+        item = str(item)
+        if is_remote(item):
+            if item.endswith(RASTER_SUFFIXES) and not any(ch in item for ch in "*?["):
+                found.append(item)
+                continue
+            # Beam's patterns: '*' stops at '/', '**' crosses folders (the pipeline's {grid}/ layout)
+            pattern = item if any(ch in item for ch in "*?[") else item.rstrip("/") + "/**"
+            matches = [p for p in _match_remote(pattern) if p.endswith(RASTER_SUFFIXES)]
+        elif os.path.isdir(item):
+            matches = []
+            for root, dirs, files in os.walk(item):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                matches.extend(os.path.join(root, f) for f in sorted(files) if f.endswith(RASTER_SUFFIXES))
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+        elif os.path.isfile(item):
+            matches = [item]
+        else:
+            raise UserError(f"{item}: no such file or folder")
+        matches = [m for m in matches if not any(part.startswith(".") for part in str(m).split("/")[3 if is_remote(m) else 0:])]
+        if not matches:
+            raise UserError(f"{item}: holds no GeoTIFF (*.tif, *.tiff)")
+        found.extend(matches)
+    return list(dict.fromkeys(found))
+
+
+@dataclasses.dataclass(frozen=True)
+class RasterRef:
+    """One annual raster: where it is, its year, its grid (None for a single-grid series) and its tags."""
+
+    path: str
+    year: int
+    grid: str | None
+    tags: Mapping[str, str]
+
+
+_GRID_YEAR = re.compile(r"^(?P<grid>.+)_(?P<year>\d{4})\.tiff?$", re.IGNORECASE)
+
+
+def grid_from_path(path: str) -> str | None:
+    """The grid of the pipeline layout ``{output}/{grid}/{grid}_{year}.tif``, or None when the name is not of it."""
+    match = _GRID_YEAR.match(basename(path))
+    if match and match.group("grid") == parent_name(path):
+        return match.group("grid")
+    return None
+
+
+def describe_raster(path: str) -> RasterRef:
+    """Year (file name, else 'year' tag), grid ('grid' tag, else the pipeline layout) and tags of a raster."""
+    with open_raster(path) as src:
+        tags = dict(src.tags())
+    year = year_from_name(basename(path))
+    if year is None:
+        for key in ("year", "YEAR", "Year"):
+            if key in tags:
+                try:
+                    year = int(str(tags[key]).strip())
+                except ValueError:
+                    raise UserError(f"{path}: tag {key}={tags[key]!r} is not a year") from None
+                break
+    if year is None:
+        raise UserError(f"{path}: no year in the file name and no 'year' tag")
+    grid = tags.get("grid") or grid_from_path(path)
+    return RasterRef(path=str(path), year=year, grid=str(grid) if grid else None, tags=tags)
+
+
+def discover(inputs: Sequence[str], years: Iterable[int] | None = None) -> list[RasterRef]:
+    """Every annual raster among the inputs, sorted by (grid, year); refuses two rasters for one grid-year."""
+    refs = [describe_raster(p) for p in list_rasters(inputs)]
+    if years is not None:
+        wanted = set(years)
+        refs = [r for r in refs if r.year in wanted]
+        if not refs:
+            raise UserError(f"{', '.join(map(str, inputs))}: no raster for the years asked ({sorted(wanted)})")
+    seen: dict[tuple, str] = {}
+    for ref in refs:
+        key = (ref.grid, ref.year)
+        if key in seen:
+            where = f"grid {ref.grid}, " if ref.grid else ""
+            raise UserError(f"{where}year {ref.year} is given twice: {seen[key]} and {ref.path}")
+        seen[key] = ref.path
+    return sorted(refs, key=lambda r: (r.grid or "", r.year))

@@ -1,0 +1,53 @@
+"""The validated run configuration: what the pipeline's PTransforms consume (built from the options).
+
+Plain Python, no Beam options: `pipeline.options.build_config` makes it from the command line or the Flex
+Template parameters, and `transforms.job.MiningMapperJob` and its parts read it.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from pipeline.elements import GridYearKey
+from pipeline.method.filters import FilterParams
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRoute:
+    """One model and the grids it serves (an empty tuple: every grid no other route claims)."""
+
+    name: str
+    path: str
+    grids: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Validated, plain-Python view of the options: what the pipeline builder consumes."""
+
+    exports: str
+    output: str
+    grids: tuple[str, ...]
+    years: tuple[int, ...]
+    routes: tuple[ModelRoute, ...]
+    bands: tuple[str, ...]
+    band_preset: str
+    threshold: float
+    filter_params: FilterParams
+    spatial_filter: str
+    min_batch_size: int
+    max_batch_size: int
+    export_nodata: tuple[float, ...]
+    probability_band: bool
+    origin_band: bool
+    require_gpu: bool
+
+    def route_for(self, grid: str) -> ModelRoute:
+        """The model that classifies a grid: its state model, else the national one."""
+        for route in self.routes:
+            if grid in route.grids:
+                return route
+        return next(route for route in self.routes if not route.grids)
+
+    def grid_years(self) -> list[GridYearKey]:
+        """Every (grid, year) the run was asked for, in a deterministic order."""
+        return [GridYearKey(grid, year) for grid in self.grids for year in self.years]

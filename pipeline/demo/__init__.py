@@ -1,0 +1,1 @@
+"""The sample generator: Earth Engine–format exports and training patches for demos and tests."""

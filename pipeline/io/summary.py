@@ -1,0 +1,154 @@
+"""The run summary (`summary.json`): one schema, written by `mining-mapper run` and `mining-mapper filter`
+and read by `report`, `stats` and the tests without guessing its shape.
+
+Every (grid, year) asked for has one `GridYearStatus`: written (its COG, mining pixels and true-area
+hectares after each filter stage), skipped and why, or failed and why. Paths are absolute URIs, numbers
+are numbers, and the file says which format version it is (`format`), which command and software made
+it, with what command line, from when to when.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pipeline import __version__
+from pipeline.errors import UserError
+
+FORMAT = "mining-mapper.run-summary/1"
+"""The schema's name and version; a reader refuses any other."""
+
+Status = Literal["written", "skipped", "failed"]
+STATUSES: tuple[str, ...] = ("written", "skipped", "failed")
+
+
+def now_utc() -> str:
+    """The current time as an ISO 8601 UTC timestamp (seconds)."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+@dataclasses.dataclass(frozen=True)
+class GridYearStatus:
+    """What became of one (grid, year): written (with its output and areas), skipped or failed (with why)."""
+
+    grid: str
+    year: int
+    status: Status
+    reason: str | None = None
+    path: str | None = None
+    mining_pixels: dict[str, int] | None = None
+    mining_ha: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GridYearStatus":
+        """A status from its JSON object (unknown keys refused, so a schema change cannot pass silently)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))} in a grid-year status")
+        return cls(**{**data, "grid": str(data["grid"]), "year": int(data["year"])})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON object, without the fields that do not apply."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """Everything a run leaves about itself: who made it, with what, and every grid-year's fate."""
+
+    command: str
+    output: str
+    parameters: dict[str, Any]
+    grid_years: list[GridYearStatus]
+    started: str
+    finished: str
+    command_line: list[str] = dataclasses.field(default_factory=list)
+    software_version: str = __version__
+    dead_letters: int = 0
+    metrics: dict[str, int] = dataclasses.field(default_factory=dict)
+    inputs: dict[str, str] = dataclasses.field(default_factory=dict)
+    format: str = FORMAT
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many grid-years were written, skipped and failed (only the statuses that occur)."""
+        counts: dict[str, int] = {}
+        for entry in self.grid_years:
+            counts[entry.status] = counts.get(entry.status, 0) + 1
+        return counts
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON object: the header fields, the counts, then one entry per grid-year."""
+        return {
+            "format": self.format,
+            "command": self.command,
+            "command_line": list(self.command_line),
+            "software_version": self.software_version,
+            "started": self.started,
+            "finished": self.finished,
+            "output": self.output,
+            "parameters": self.parameters,
+            "inputs": dict(self.inputs),
+            "counts": self.counts,
+            "dead_letters": self.dead_letters,
+            "metrics": dict(self.metrics),
+            "grid_years": [entry.as_dict() for entry in self.grid_years],
+        }
+
+    def to_json(self) -> bytes:
+        """Stable, human-readable JSON bytes."""
+        return json.dumps(self.as_dict(), indent=2).encode("utf-8")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "summary.json") -> "RunSummary":
+        """A summary from its JSON object; a UserError naming `source` when it is not this schema."""
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+            raise UserError(f"{source}: not a mining-mapper run summary of format {FORMAT} (found {found!r})")
+        try:
+            return cls(
+                command=str(data["command"]),
+                output=str(data["output"]),
+                parameters=dict(data.get("parameters", {})),
+                grid_years=[GridYearStatus.from_dict(e) for e in data["grid_years"]],
+                started=str(data["started"]),
+                finished=str(data["finished"]),
+                command_line=list(data.get("command_line", [])),
+                software_version=str(data.get("software_version", "")),
+                dead_letters=int(data.get("dead_letters", 0)),
+                metrics=dict(data.get("metrics", {})),
+                inputs=dict(data.get("inputs", {})),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise UserError(f"{source}: malformed run summary ({error})") from None
+
+    @classmethod
+    def from_json(cls, raw: bytes, source: str = "summary.json") -> "RunSummary":
+        """A summary from its bytes (see `from_dict`)."""
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UserError(f"{source}: not valid JSON ({error})") from None
+        return cls.from_dict(data, source)
+
+
+def account(statuses: Sequence[GridYearStatus], asked: Sequence[tuple[str, int]]) -> list[GridYearStatus]:
+    """One status per (grid, year) asked for, in the asked order; a grid-year no status reached is failed."""
+    by_key = {(s.grid, s.year): s for s in statuses}
+    return [
+        by_key.get((str(grid), int(year)), GridYearStatus(str(grid), int(year), "failed", reason="no result reached the writer"))
+        for grid, year in asked
+    ]
+
+
+def command_line() -> list[str]:
+    """The command line of this process, as the summary records it."""
+    return list(sys.argv)

@@ -1,0 +1,124 @@
+"""The whole mining job as one composite PTransform: read → classify → filter → write → summary.
+
+`pipeline/run.py` only launches it (options → config → pipeline → wait → summary); a notebook user can
+apply `MiningMapperJob` to a pipeline of their own.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import apache_beam as beam
+
+from pipeline import __version__
+from pipeline.config import RunConfig
+from pipeline.elements import DeadLetter
+from pipeline.io.filesystem import absolute_uri, publish_atomically
+from pipeline.io.summary import GridYearStatus, RunSummary, account, now_utc
+from transforms.filtering import FilterTiles
+from transforms.inference import ClassifyPatches
+from transforms.read import DEAD_LETTER, GEOMETRY, MISSING, PATCHES, ReadEarthEngineExports
+from transforms.write import TILES, WriteGridYears
+
+
+def output_tags(config: RunConfig) -> dict[str, str]:
+    """Tags every COG of the run carries (DESIGN.md §2)."""
+    models = ";".join(f"{r.name}={r.path}" for r in config.routes)
+    return {
+        "model": models,
+        "band_preset": config.band_preset,
+        "threshold": str(config.threshold),
+        "filter_mode": config.filter_params.mode,
+        "spatial_filter": config.spatial_filter if config.spatial_filter != "earthengine" else "earthengine (pending, after ingestion)",
+        **config.filter_params.as_tags(),
+        "software_version": __version__,
+    }
+
+
+def run_parameters(config: RunConfig) -> dict:
+    """What the summary records about the run's inputs and parameters (paths as absolute URIs)."""
+    return {
+        "exports": absolute_uri(config.exports),
+        "grids": list(config.grids),
+        "years": list(config.years),
+        "models": [{"name": r.name, "path": absolute_uri(r.path), "grids": list(r.grids)} for r in config.routes],
+        "band_preset": config.band_preset,
+        "threshold": config.threshold,
+        "spatial_filter": config.spatial_filter,
+        "filter_parameters": config.filter_params.as_dict(),
+        "probability_band": config.probability_band,
+        "origin_band": config.origin_band,
+    }
+
+
+def summary_path(config: RunConfig) -> str:
+    """Where the run's summary goes."""
+    return f"{config.output}/summary.json"
+
+
+def write_run_files(statuses: list[GridYearStatus], dead_letters: list[DeadLetter], config: RunConfig, started: str,
+                    command_line: Sequence[str]) -> str:
+    """Publish summary.json (every grid-year asked for) and dead_letter.jsonl together; returns the summary path."""
+    summary = RunSummary(
+        command="run",
+        output=absolute_uri(config.output),
+        parameters=run_parameters(config),
+        grid_years=account(statuses, config.grid_years()),
+        started=started,
+        finished=now_utc(),
+        command_line=list(command_line),
+        dead_letters=len(dead_letters),
+    )
+    ordered = sorted(dead_letters, key=lambda d: (d.grid, d.year, d.file, -1 if d.record is None else d.record))
+    publish_atomically({
+        summary_path(config): summary.to_json(),
+        f"{config.output}/dead_letter.jsonl": "".join(d.to_json() + "\n" for d in ordered).encode(),
+    })
+    return summary_path(config)
+
+
+class MiningMapperJob(beam.PTransform):
+    """PBegin → the GridYearStatus of every (grid, year) asked for; writes the COGs and the run summary."""
+
+    def __init__(self, *, config: RunConfig, started: str | None = None, command_line: Sequence[str] = ()):
+        super().__init__()
+        self._config = config
+        self._started = started or now_utc()
+        self._command_line = tuple(command_line)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        config = self._config
+        # No reshuffle after reading: a run has thousands of (grid, year) elements, which already spread
+        # the fused read → inference stage over the workers; a reshuffle would move every float32 record
+        # (up to 512 × 512 × 6 × 4 bytes each) through the shuffle instead of the 256 × 256 uint8 classes.
+        read = pbegin | "Read exports" >> ReadEarthEngineExports(
+            config.exports, config.grid_years(), config.bands, config.export_nodata, reshuffle=False
+        )
+        classified = read[PATCHES] | "Classify" >> ClassifyPatches(config=config)
+        tiles = classified | "Filter" >> FilterTiles(
+            years=config.years,
+            params=config.filter_params,
+            spatial=config.spatial_filter == "local",
+            keep_probability=config.probability_band,
+            keep_origin=config.origin_band,
+        )
+        statuses = {
+            TILES: tiles,
+            GEOMETRY: read[GEOMETRY],
+            MISSING: read[MISSING],
+            DEAD_LETTER: read[DEAD_LETTER],
+        } | "Write" >> WriteGridYears(
+            output=config.output,
+            years=config.years,
+            tags=output_tags(config),
+            with_probability=config.probability_band,
+            with_origin=config.origin_band,
+        )
+        dead_letters = read[DEAD_LETTER] | "Dead letters" >> beam.Values()
+        (
+            statuses
+            | "Collect statuses" >> beam.combiners.ToList()
+            | "Write summary" >> beam.Map(
+                write_run_files, beam.pvalue.AsList(dead_letters), config, self._started, self._command_line
+            )
+        )
+        return statuses
