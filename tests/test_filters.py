@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 from pipeline import filters as F
 from tests import reference_filters as ref
+from tests.filter_cases import edge_blob_stack
 
 MODES = ("appendix", "c9-code")
 
@@ -239,11 +240,15 @@ def test_chain_matches_reference(stack, mode):
     mode=st.sampled_from(MODES),
     min_size=st.integers(2, 12),
     density=st.floats(0.2, 0.6),
+    edges=st.booleans(),
 )
-def test_tiled_spatial_filter_equals_whole_raster(seed, tile, mode, min_size, density):
+def test_tiled_spatial_filter_equals_whole_raster(seed, tile, mode, min_size, density, edges):
     rng = np.random.default_rng(seed)
-    stack = np.where(rng.random((2, 40, 37)) < density, 1, 0).astype(np.uint8)
-    stack[rng.random(stack.shape) < 0.05] = 255
+    if edges:  # small blobs at the raster's edge and at the edge of never-observed areas
+        stack = edge_blob_stack(rng, 2, 40, 37, blobs=16, density=density / 4)
+    else:
+        stack = np.where(rng.random((2, 40, 37)) < density, 1, 0).astype(np.uint8)
+        stack[rng.random(stack.shape) < 0.05] = 255
     whole = F.spatial_filter(stack, mode, min_size)
     tiled = F.spatial_filter_tiled(stack, tile, mode, min_size)
     assert (tiled == whole).all()
