@@ -23,7 +23,8 @@ EXPORT_MAX = 255.0
 INDEX_BANDS = frozenset({"ndvi", "mndwi", "ndsi"})
 REFLECTANCE_BANDS = frozenset({"blue", "green", "red", "nir", "swir1", "swir2"})
 
-# Normalisations inside the transform graph: z-score from tf.Transform analyzers, or the published rescale.
+# Normalisations inside the transform graph: z-score from tf.Transform analyzers (default), or `c9-code`,
+# the published notebooks' input: the stored byte values (0-255 as float), no normalisation (DESIGN §1.5).
 NORMALIZATIONS = ("zscore", "c9-code")
 DEFAULT_NORMALIZATION = "zscore"
 
