@@ -11,6 +11,9 @@ index (x + 1) × 127, clamped to 0–255 and cast to bytes; bands in the preset'
   MNDWI = (green − swir1) / (green + swir1)
   NDSI  = (swir1 − nir) / (swir1 + nir)   (the soil/built-up index of the published code, not the snow index)
 
+each computed as the published code does, with `image.expression` (the published strings, verbatim), not
+`normalizedDifference`, which masks pixels where an input is negative.
+
 Every function returns an `ee` object (a lazy graph); nothing here talks to the server.
 """
 from __future__ import annotations
@@ -36,11 +39,13 @@ REFLECTANCE_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")
 QA_BAND = "QA_PIXEL"
 QA_MASK_BITS = (1, 3, 4)  # dilated cloud, cloud, cloud shadow
 QA_MASK = sum(1 << bit for bit in QA_MASK_BITS)
-# index name -> (first, second) of the normalized difference (first - second) / (first + second)
+# index name -> (expression, {variable: band}), verbatim from the published `createIndexs`
+# (mapbiomas/brazil-mining Mapbiomas09/0-Mosaic.js @ 5a05cecc). An expression, not normalizedDifference:
+# normalizedDifference masks pixels where an input is negative, the published expression does not.
 INDICES = {
-    "ndvi": ("nir", "red"),
-    "mndwi": ("green", "swir1"),
-    "ndsi": ("swir1", "nir"),
+    "ndvi": ("(((banda4 - banda3)/(banda4 + banda3)))", {"banda4": "nir", "banda3": "red"}),
+    "mndwi": ("((( banda2 - banda5) / (banda2 + banda5)))", {"banda2": "green", "banda5": "swir1"}),
+    "ndsi": ("(((banda5 - banda4)/(banda4 + banda5)))", {"banda5": "swir1", "banda4": "nir"}),
 }
 PRESETS = BAND_PRESETS  # the model's input order is the one table of presets
 FIRST_YEAR = 1985
@@ -79,11 +84,19 @@ def mask_clouds(image):
 
 
 def add_indices(image, names: Sequence[str] = tuple(INDICES)):
-    """Add the named normalized-difference indices (ndvi, mndwi, ndsi) to an image with renamed bands."""
+    """Add the named indices (ndvi, mndwi, ndsi) to an image with renamed bands, as the published code does.
+
+    Each is the published `image.expression(...)` of (a − b) / (a + b), not `normalizedDifference`, which
+    would mask every pixel where an input is negative (TOA reflectance can be, slightly) and so change the
+    annual median.
+    """
     import ee
 
     image = ee.Image(image)
-    bands = [image.normalizedDifference(list(INDICES[name])).rename(name) for name in names]
+    bands = []
+    for name in names:
+        expression, variables = INDICES[name]
+        bands.append(image.expression(expression, {var: image.select(band) for var, band in variables.items()}).rename(name))
     return image.addBands(bands)
 
 
