@@ -121,10 +121,28 @@ class PostStepGraphTest(apitestcase.ApiTestCase):
         self.assertEqual(len(unique(image, "Reducer.mode")), 1)
         (where,) = unique(image, "Image.where")
         self.assertEqual(where["value"]["functionInvocationValue"]["functionName"], "Image.reduce")
+        # Literal: the result is masked again where the mode says not observed (255).
+        (mask,) = unique(image, "Image.updateMask")
+        self.assertEqual(mask["mask"]["functionInvocationValue"]["functionName"], "Image.neq")
+        self.assertEqual(const(mask["mask"]["functionInvocationValue"]["arguments"]["image2"]["functionInvocationValue"]["arguments"]["value"]), 255)
         with self.assertRaises(ValueError):
             poststeps.spatial_filter(self.classification(), "majority")
         with self.assertRaises(ValueError):
             poststeps.spatial_filter(self.classification(), min_size=2000)
+
+    def test_c9_code_classification_gives_not_observed_a_value_inside_the_images(self):
+        image = poststeps.year_classification(COLLECTION, 2020, not_observed=255)
+        unmasks = unique(image, "Image.unmask")
+        # Each image unmasked to 255 within its own footprint; the observed mosaic unmasked with that.
+        self.assertEqual(len(unmasks), 2)
+        (inside,) = [u for u in unmasks if "sameFootprint" in u]
+        self.assertEqual(const(inside["sameFootprint"]), True)
+        self.assertEqual(inside["input"], {"argumentReference": inside["input"]["argumentReference"]})  # per image, in map
+        value = inside["value"]["functionInvocationValue"]
+        self.assertEqual((value["functionName"], const(value["arguments"]["value"])), ("Image.constant", 255))
+        (outer,) = [u for u in unmasks if "sameFootprint" not in u]
+        self.assertEqual(outer["value"]["functionInvocationValue"]["functionName"], "ImageCollection.mosaic")
+        self.assertEqual(calls(poststeps.year_classification(COLLECTION, 2020), "Image.unmask"), [])
 
     def test_prevalence_integration_ranks_from_the_table(self):
         landcover = ee.Image("projects/mapbiomas-public/assets/lulc").select("classification_2020")

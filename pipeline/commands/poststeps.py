@@ -74,7 +74,11 @@ def build_tasks(args):
         )
     tasks = []
     for year in years:
-        classification = poststeps.year_classification(args.collection, year)
+        # c9-code's spatial filter is literal: not observed (inside the year's images) votes as a value.
+        literal = "spatial" in steps and args.mode == "c9-code"
+        classification = poststeps.year_classification(
+            args.collection, year, not_observed=poststeps.NOT_OBSERVED if literal else None
+        )
         if "spatial" in steps:
             classification = poststeps.spatial_filter(classification, args.mode, args.min_size, args.window)
             tasks.append(poststeps.asset_export(
