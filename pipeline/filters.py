@@ -19,8 +19,8 @@ loop does); the last year is filled only by the temporal pass 2. tests/c9_publis
 transcribes the published scripts line by line and the tests compare this engine with it.
 
 Decisions where DESIGN.md is silent (documented here once):
-- The ``c9-code`` frequency rule divides by n − 1; with a single year it removes nothing (the script
-  would divide by zero, and neither infinity nor NaN is ≤ the cut).
+- The ``c9-code`` frequency rule divides by n − 1; with a single year (where the script would divide
+  by zero) it removes nothing.
 - Pixels outside the raster never vote in the mode. A tile's spatial filter can be told which pixels
   of its padded window lie inside the raster (``inside``); the Beam tiles treat a neighbour tile that
   does not exist as outside the raster, so tiled equals whole-raster in both modes.
