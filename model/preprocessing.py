@@ -1,4 +1,4 @@
-"""tf.Transform preprocessing: per-band z-score from analyzers (default) or the published /255 rescale.
+"""tf.Transform preprocessing: per-band z-score from analyzers (default) or the published raw bytes (c9-code).
 
 The transform works on pixels: its raw features are one float32 scalar per band (an instance is a
 pixel), so the same graph serves any patch size. `analyze` runs `tft_beam.AnalyzeDataset` in a Beam
@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from model.data import FileInfo, PatchSpec, block_of, example_arrays, iter_records, observed_mask, parse_example
-from pipeline.contract import EXPORT_MAX, check_normalization
+from pipeline.contract import check_normalization
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,10 @@ def make_preprocessing_fn(bands: Sequence[str], normalization: str = "zscore"):
     """The tf.Transform `preprocessing_fn` for a band list.
 
     'zscore': (x - mean) / std per band, mean and population std from `tft.mean`/`tft.var` over the
-    analysed pixels (in float64; a constant band keeps std 1). 'c9-code': x / 255, as the published
-    Collection 9 code did (no analyzers). Non-finite inputs become 0 (the export's masked value) first,
-    so a masked pixel never spreads NaN through the convolutions.
+    analysed pixels (in float64; a constant band keeps std 1). 'c9-code': the stored byte values
+    themselves (0–255 as float: mean 0, std 1, no division), as the published Collection 9 notebooks feed
+    the network (DESIGN.md §1.5); no analyzers. Non-finite inputs become 0 (the export's masked value)
+    first, so a masked pixel never spreads NaN through the convolutions.
     """
     import tensorflow as tf
     import tensorflow_transform as tft
@@ -62,9 +63,9 @@ def make_preprocessing_fn(bands: Sequence[str], normalization: str = "zscore"):
                 mean = tft.mean(x, name=f"mean_{band}")
                 var = tft.var(x, name=f"var_{band}")
                 std = tf.where(var > 0, tf.sqrt(var), tf.ones_like(var))
-            else:
+            else:  # c9-code: the published notebooks feed the stored bytes with no normalisation at all
                 mean = tf.constant(0.0, tf.float64)
-                std = tf.constant(EXPORT_MAX, tf.float64)
+                std = tf.constant(1.0, tf.float64)
             scaled.append((x - mean) / std)
             means.append(mean)
             stds.append(std)

@@ -27,7 +27,8 @@ DEFAULT_PRESET = "appendix"
 LABEL_FEATURE = "label"
 DEFAULT_PATCH_SIZE = 256
 
-# Normalisations inside the transform graph: z-score from tf.Transform analyzers, or the published one.
+# Normalisations inside the transform graph: z-score from tf.Transform analyzers (default), or `c9-code`,
+# the published notebooks' input: the stored byte values (0-255 as float), no normalisation (DESIGN §1.5).
 NORMALIZATIONS = ("zscore", "c9-code")
 DEFAULT_NORMALIZATION = "zscore"
 

@@ -34,7 +34,9 @@ class MiningMapperOptions(PipelineOptions):
         parser.add_argument("--backfill_limit", type=int, default=3, help="gap fill: years an earlier observation may be carried forward")
         parser.add_argument("--frequency_cut", type=float, default=10.0, help="frequency filter: percent of years under which mining is dropped")
         parser.add_argument("--c9_backfill_from_index", type=int, default=32, help="c9-code gap fill: first year index back-filled from earlier years")
-        parser.add_argument("--spatial_filter", default="local", choices=SPATIAL_FILTER_PLACES, help="where the spatial filter runs: here, later in Earth Engine, or not at all")
+        parser.add_argument("--spatial_filter", default="local", choices=SPATIAL_FILTER_PLACES, help="where the spatial filter runs: here, later in Earth Engine, or not at all. The committed C9 "
+                            "script (5-SpatialFilter.js) filters class 10, which never occurs in 0/30 maps, so as committed it changes "
+                            "nothing: --spatial_filter off reproduces it; --filter_mode c9-code filters class 30 as its own preview line does")
         parser.add_argument("--min_batch_size", type=int, default=1, help="inference: smallest batch of patches")
         parser.add_argument("--max_batch_size", type=int, default=16, help="inference: largest batch of patches")
         parser.add_argument("--export_nodata", default="-9999", help="comma list of values that mark masked pixels in the exports (besides NaN and a 0 in the first band)")

@@ -1,5 +1,8 @@
 """Plain per-pixel transcriptions of DESIGN.md §3, written for clarity, not speed.
 
+``c9-code`` here is DESIGN's literal reading (255 is a value that agrees and votes); the published
+scripts themselves are transcribed in tests/c9_published_scripts.py.
+
 The vectorized engine in `pipeline.method.filters` is tested against these on random stacks (hypothesis),
 and the benchmark compares their speed. Each function works on Python lists for one pixel's series,
 or on nested lists for one year's image.
@@ -34,7 +37,7 @@ def gap_fill_series(series: list[int], mode: str, backfill_limit: int = 3, c9_fr
         later = [j for j in range(i + 1, n - 1) if series[j] != N]
         if later:
             out[i], origin[i] = series[later[0]], later[0]
-    for i in range(n):
+    for i in range(n - 1):  # the last year is neither filled nor a source here
         if i < c9_from or out[i] != N:
             continue
         for back in range(1, backfill_limit + 1):
@@ -57,13 +60,13 @@ def temporal_series(series: list[int], mode: str) -> list[int]:
     for t in range(1, n - 1):
         if frozen[t] == N:
             y[t] = frozen[t - 1] if frozen[t - 1] != N else frozen[t + 1]
-        if frozen[t - 1] == frozen[t + 1] and frozen[t - 1] != N:
+        if frozen[t - 1] == frozen[t + 1]:  # 255 is a value: two not-observed years agree
             y[t] = frozen[t - 1]
     frozen = list(y)
     for t in range(1, n - 1):
         if frozen[t + 1] == N:
             y[t + 1] = frozen[t] if frozen[t] != N else frozen[t - 1]
-        if frozen[t - 1] == frozen[t] and frozen[t - 1] != N:
+        if frozen[t - 1] == frozen[t]:
             y[t + 1] = frozen[t - 1]
     return y
 
@@ -106,12 +109,12 @@ def spatial_image(image: list[list[int]], mode: str, min_size: int = 10, window:
             if mode == "appendix":
                 out[r][c] = 0
                 continue
-            counts = {0: 0, 1: 0}
+            counts = {0: 0, 1: 0, N: 0}  # not observed votes too; outside the raster does not
             for i in range(r - h, r + h + 1):
                 for j in range(c - h, c + h + 1):
-                    if 0 <= i < rows and 0 <= j < cols and image[i][j] in counts:
+                    if 0 <= i < rows and 0 <= j < cols:
                         counts[image[i][j]] += 1
-            out[r][c] = 1 if counts[1] > counts[0] else 0
+            out[r][c] = max(sorted(counts), key=lambda v: (counts[v], -v))  # ties to the smaller value
     return out
 
 

@@ -19,7 +19,8 @@ def walk_tree(tree) -> list[tuple[str, dict]]:
         if isinstance(node, dict):
             if "functionInvocationValue" in node:
                 call = node["functionInvocationValue"]
-                found.append((call["functionName"], call.get("arguments", {})))
+                # A call of a computed function (e.g. a parsed expression) has a functionReference instead of a name.
+                found.append((call.get("functionName", "(functionReference)"), call.get("arguments", {})))
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
@@ -115,25 +116,31 @@ class MosaicGraphTest(apitestcase.ApiTestCase):
                 self.assertEqual(list(new_names), names)
 
     def test_index_expressions(self):
-        appendix = mosaic.annual_mosaic(2020, "appendix")
-        # (first - second) / (first + second): NDVI (nir, red), MNDWI (green, swir1), NDSI (swir1, nir)
-        self.assertEqual(
-            unique_constants(appendix, "Image.normalizedDifference", "bandNames"),
-            {("nir", "red"), ("green", "swir1"), ("swir1", "nir")},
-        )
-        c9 = mosaic.annual_mosaic(2020, "c9-code")
-        self.assertEqual(
-            unique_constants(c9, "Image.normalizedDifference", "bandNames"), {("nir", "red"), ("green", "swir1")}
-        )
-        # each index is renamed after its normalized difference
-        pairs = set()
-        for args in calls(appendix, "Image.rename"):
-            inner = args["input"].get("functionInvocationValue", {})
-            if inner.get("functionName") == "Image.normalizedDifference":
-                pairs.add((tuple(const(inner["arguments"]["bandNames"])), tuple(const(args["names"]))))
-        self.assertEqual(
-            pairs, {(("nir", "red"), ("ndvi",)), (("green", "swir1"), ("mndwi",)), (("swir1", "nir"), ("ndsi",))}
-        )
+        """The serialized graph holds the published expressions (Image.parseExpression), never normalizedDifference."""
+        published = {  # Mapbiomas09/0-Mosaic.js createIndexs, verbatim
+            "(((banda4 - banda3)/(banda4 + banda3)))": {"banda4": "nir", "banda3": "red"},
+            "((( banda2 - banda5) / (banda2 + banda5)))": {"banda2": "green", "banda5": "swir1"},
+            "(((banda5 - banda4)/(banda4 + banda5)))": {"banda5": "swir1", "banda4": "nir"},
+        }
+        for preset, names in (("appendix", {"ndvi", "mndwi", "ndsi"}), ("c9-code", {"ndvi", "mndwi"})):
+            image = mosaic.annual_mosaic(2020, preset)
+            self.assertEqual(calls(image, "Image.normalizedDifference"), [])
+            found = {}
+            for args in calls(image, "Image.rename"):
+                call = args["input"].get("functionInvocationValue", {})
+                parse = call.get("functionReference", {}).get("functionInvocationValue", {})
+                if parse.get("functionName") != "Image.parseExpression":
+                    continue
+                expression = const(parse["arguments"]["expression"])
+                self.assertEqual(const(parse["arguments"]["vars"])[0], "DEFAULT_EXPRESSION_IMAGE")
+                variables = {
+                    var: const(value["functionInvocationValue"]["arguments"]["bandSelectors"])[0]
+                    for var, value in call["arguments"].items() if var != "DEFAULT_EXPRESSION_IMAGE"
+                }
+                self.assertEqual(variables, published[expression])
+                found[const(args["names"])[0]] = expression
+            self.assertEqual(set(found), names)
+        self.assertEqual(found["ndvi"], "(((banda4 - banda3)/(banda4 + banda3)))")
 
     def test_scaling_clamping_and_band_order(self):
         for preset, bands in (

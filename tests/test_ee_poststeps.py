@@ -45,7 +45,7 @@ def test_prevalence_table_is_design_table(tmp_path):
 def test_class_id_table_holds_design_codes_and_resolves_types_and_substances():
     table = tables.load_class_id_table()
     assert {e["code"]: e["type"] for e in table.codes if e["code"] in DESIGN_CODES} == DESIGN_CODES
-    assert [e["code"] for e in table.codes] == sorted(e["code"] for e in table.codes)  # the table's order
+    assert [e["code"] for e in table.codes][14:17] == [115, 130, 116]  # Table 3's order, not sorted
     assert table.unidentified == 301
     assert table.type_of("FASE", " lavra  garimpeira ") == "garimpo"
     assert table.type_of("FASE", "CONCESSÃO DE LAVRA") == "industrial"
@@ -55,7 +55,7 @@ def test_class_id_table_holds_design_codes_and_resolves_types_and_substances():
     assert table.substance_of("Minério de Ouro") == "gold"
     cases = {("garimpo", "gold"): 215, ("industrial", "gold"): 115, ("garimpo", "tin"): 214,
              ("industrial", "iron"): 102, ("industrial", "limestone"): 122, ("garimpo", "class-2 minerals"): 217,
-             ("industrial", "class-2 minerals"): 116, ("garimpo", "diamond"): 223, ("industrial", "coal"): 126,
+             ("industrial", "class-2 minerals"): 117, ("garimpo", "precious stones"): 224, ("garimpo", "ornamental rocks"): 225, ("industrial", "coal"): 127, ("industrial", "peat"): 126,
              ("industrial", "tantalum"): 101, ("garimpo", "tantalum"): 301, ("garimpo", None): None}
     for (mining_type, substance), code in cases.items():
         assert table.code_for(mining_type, substance) == code, (mining_type, substance)
@@ -121,10 +121,28 @@ class PostStepGraphTest(apitestcase.ApiTestCase):
         self.assertEqual(len(unique(image, "Reducer.mode")), 1)
         (where,) = unique(image, "Image.where")
         self.assertEqual(where["value"]["functionInvocationValue"]["functionName"], "Image.reduce")
+        # Literal: the result is masked again where the mode says not observed (255).
+        (mask,) = unique(image, "Image.updateMask")
+        self.assertEqual(mask["mask"]["functionInvocationValue"]["functionName"], "Image.neq")
+        self.assertEqual(const(mask["mask"]["functionInvocationValue"]["arguments"]["image2"]["functionInvocationValue"]["arguments"]["value"]), 255)
         with self.assertRaises(ValueError):
             poststeps.spatial_filter(self.classification(), "majority")
         with self.assertRaises(ValueError):
             poststeps.spatial_filter(self.classification(), min_size=2000)
+
+    def test_c9_code_classification_gives_not_observed_a_value_inside_the_images(self):
+        image = poststeps.year_classification(COLLECTION, 2020, not_observed=255)
+        unmasks = unique(image, "Image.unmask")
+        # Each image unmasked to 255 within its own footprint; the observed mosaic unmasked with that.
+        self.assertEqual(len(unmasks), 2)
+        (inside,) = [u for u in unmasks if "sameFootprint" in u]
+        self.assertEqual(const(inside["sameFootprint"]), True)
+        self.assertEqual(inside["input"], {"argumentReference": inside["input"]["argumentReference"]})  # per image, in map
+        value = inside["value"]["functionInvocationValue"]
+        self.assertEqual((value["functionName"], const(value["arguments"]["value"])), ("Image.constant", 255))
+        (outer,) = [u for u in unmasks if "sameFootprint" not in u]
+        self.assertEqual(outer["value"]["functionInvocationValue"]["functionName"], "ImageCollection.mosaic")
+        self.assertEqual(calls(poststeps.year_classification(COLLECTION, 2020), "Image.unmask"), [])
 
     def test_prevalence_integration_ranks_from_the_table(self):
         landcover = ee.Image("projects/mapbiomas-public/assets/lulc").select("classification_2020")

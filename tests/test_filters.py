@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 from pipeline.method import filters as F
 from tests import reference_filters as ref
+from tests.filter_cases import edge_blob_stack
 
 MODES = ("appendix", "c9-code")
 
@@ -77,14 +78,36 @@ def test_gap_fill_origin_records_source_year():
     assert origin[:, 0, 0].tolist() == [0, 2, 2, 2, 2, 255]
 
 
-def test_c9_gap_fill_backfills_from_index_32_only_and_fills_last_year():
+def test_c9_gap_fill_backfills_from_index_32_only_and_never_touches_the_last_year():
     values = "0" * 30 + "1" + "." * 5  # 36 years, indices 31..35 not observed
     filled, origin = F.gap_fill(series(values), "c9-code")
-    # Nothing later to take; index 31 is below 32 so it stays; 32 skips 31 and takes 30; 33..35 take i−1.
-    assert text(filled) == "0" * 30 + "1" + "." + "1" * 4
-    assert origin[30:, 0, 0].tolist() == [30, 255, 30, 30, 30, 30]
+    # Nothing later to take; index 31 is below 32 so it stays; 32 skips 31 and takes 30; 33, 34 take i−1;
+    # the last year (35) is outside the script's loop (i < n − 1): still not observed after this step.
+    assert text(filled) == "0" * 30 + "1" + "." + "1" * 3 + "."
+    assert origin[30:, 0, 0].tolist() == [30, 255, 30, 30, 30, 255]
     filled, _ = F.gap_fill(series("0" * 31 + "1" + "." * 4), "c9-code")
-    assert text(filled) == "0" * 31 + "1" * 5
+    assert text(filled) == "0" * 31 + "1" * 4 + "."
+    # ... and the temporal pass 2 fills it (y[n−3] = y[n−2] = 1 writes the last year; the onset moves
+    # one year late, as in DESIGN's first worked example).
+    assert text(F.temporal_filter(filled, "c9-code")) == "0" * 32 + "1" * 4
+
+
+def test_c9_not_observed_years_agree_and_vote():
+    # Pass 1: y[t−1] = y[t+1] = 255 writes 255 over an observation; pass 2 likewise.
+    assert text(F.temporal_filter(series(".1."), "c9-code")) == "..."
+    assert text(F.temporal_filter(series(".1."), "appendix")) == ".1."
+    # A lone mining pixel among not-observed neighbours takes the mode: 255 (5 votes) beats 0 (3).
+    image = np.array([[255, 255, 255], [255, 1, 0], [0, 0, 255]], dtype=np.uint8)
+    assert F.spatial_filter_year(image, "c9-code")[1, 1] == 255
+    assert F.spatial_filter_year(image, "appendix")[1, 1] == 0
+    # Ties go to the smaller value: [0, 1] at the row's end → 0; [255, 1] at the column's top → 1.
+    tie = np.array([[255, 255, 0, 0, 1]], dtype=np.uint8)
+    assert F.window_mode(tie, 3).tolist() == [[255, 255, 0, 0, 0]]
+    column = np.array([[255], [1], [1], [255]], dtype=np.uint8)
+    assert F.window_mode(column, 3).ravel().tolist() == [1, 1, 1, 1]
+    # Outside the raster (inside = False) does not vote.
+    inside = np.array([[False, False, True, True, True]])
+    assert F.window_mode(tie, 3, inside).tolist() == [[0, 0, 0, 0, 0]]
 
 
 def test_c9_gap_fill_never_uses_last_year_as_source():
@@ -217,11 +240,15 @@ def test_chain_matches_reference(stack, mode):
     mode=st.sampled_from(MODES),
     min_size=st.integers(2, 12),
     density=st.floats(0.2, 0.6),
+    edges=st.booleans(),
 )
-def test_tiled_spatial_filter_equals_whole_raster(seed, tile, mode, min_size, density):
+def test_tiled_spatial_filter_equals_whole_raster(seed, tile, mode, min_size, density, edges):
     rng = np.random.default_rng(seed)
-    stack = np.where(rng.random((2, 40, 37)) < density, 1, 0).astype(np.uint8)
-    stack[rng.random(stack.shape) < 0.05] = 255
+    if edges:  # small blobs at the raster's edge and at the edge of never-observed areas
+        stack = edge_blob_stack(rng, 2, 40, 37, blobs=16, density=density / 4)
+    else:
+        stack = np.where(rng.random((2, 40, 37)) < density, 1, 0).astype(np.uint8)
+        stack[rng.random(stack.shape) < 0.05] = 255
     whole = F.spatial_filter(stack, mode, min_size)
     tiled = F.spatial_filter_tiled(stack, tile, mode, min_size)
     assert (tiled == whole).all()

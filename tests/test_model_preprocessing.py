@@ -54,17 +54,28 @@ def test_zscore_analysis_gives_exact_mean_and_std_of_observed_pixels(tmp_path):
     assert np.isfinite(transform_images(tft_output.transform_features_layer(), tf.constant(nan_input), BANDS).numpy()).all()
 
 
-def test_c9_code_normalization_only_rescales(tmp_path):
+def test_c9_code_feeds_the_stored_bytes_unchanged(tmp_path):
+    # DESIGN.md §1.5: the published notebooks feed the stored byte values (0-255 as float), no division.
     _dataset(tmp_path, n_files=1, n=1)
     spec = PatchSpec(BANDS, P)
     out = analyze(scan_files(list_record_files([str(tmp_path)]), spec), spec, "c9-code", str(tmp_path / "t"))
     tft_output = load_transform(out)
-    assert band_statistics(tft_output, BANDS) == {b: {"mean": 0.0, "std": 255.0} for b in BANDS}
+    assert band_statistics(tft_output, BANDS) == {b: {"mean": 0.0, "std": 1.0} for b in BANDS}
     import tensorflow as tf
 
-    x = np.linspace(0, 255, 2 * 16 * 16 * 6, dtype=np.float32).reshape(2, 16, 16, 6)
+    from model.export import make_serving_module
+    from model.unet import build_unet
+
+    x = np.random.default_rng(3).integers(0, 256, (2, 16, 16, 6)).astype(np.float32)
     got = transform_images(tft_output.transform_features_layer(), tf.constant(x), BANDS).numpy()
-    np.testing.assert_allclose(got, x / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(got, x)
+    # The serving model under c9-code is the bare network on the raw bytes.
+    network = build_unet(len(BANDS), base_filters=4, depth=2, patch_size=None)
+    module = make_serving_module(network, tft_output.transform_features_layer(), BANDS)
+    served = module.serve(tf.constant(x)).numpy()
+    bare = network(tf.constant(x), training=False).numpy()
+    np.testing.assert_array_equal(served, bare)
+    assert not np.allclose(bare, network(tf.constant(x / 255.0), training=False).numpy())  # the scaling matters
 
 
 def test_block_split_analysis_uses_training_blocks_only(tmp_path):

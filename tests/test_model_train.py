@@ -277,7 +277,7 @@ def test_block_split_c9_code_run_validates_on_its_blocks(tmp_path):
     assert split["train_records"] + split["validation_records"] == 12
     assert card["metrics"]["patches"] == split["validation_records"]
     assert card["metrics"]["data"]["validation_split_of"] == "block"
-    assert card["normalization"]["statistics"]["green"] == {"mean": 0.0, "std": 255.0}
+    assert card["normalization"]["statistics"]["green"] == {"mean": 0.0, "std": 1.0}  # raw bytes, no division
     assert card["bands"] == list(bands) and card["training"]["loss"] == "bce+dice"
 
 

@@ -103,3 +103,21 @@ def test_run_help_lists_the_pipeline_options(capsys):
     text = capsys.readouterr().out
     for name in option_names():
         assert f"--{name}" in text
+
+
+@pytest.mark.parametrize("command,reproduces", [
+    ("run", "--spatial_filter off reproduces it"),
+    ("filter", "--min-component-size 1 (no component is smaller: the spatial filter off) reproduces it"),
+    ("ee-poststeps", "leaving 'spatial' out of --steps (the run's --spatial_filter off) reproduces it"),
+])
+def test_help_says_the_committed_c9_spatial_filter_is_a_no_op(command, reproduces, capsys):
+    from pipeline.cli import main
+
+    try:
+        code = main([command, "--help"])
+    except SystemExit as stop:  # argparse's own --help exits
+        code = stop.code
+    assert code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "The committed C9 script (5-SpatialFilter.js) filters class 10" in text
+    assert reproduces in text

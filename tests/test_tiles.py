@@ -7,6 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.method.filters import FilterParams, apply_chain, spatial_filter
+from tests.filter_cases import edge_blob_stack
 from pipeline.elements import ClassifiedPatch
 from pipeline.method.tiles import assemble_year, classify_patch, halo_strips, mining_rows_of_raster, pad_with_halo, spatial_frequency_tile, split_years, stack_tile_years, temporal_filter_tile
 
@@ -43,11 +44,14 @@ def tiles_of(stack: np.ndarray, size: int, grid: str = "7"):
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31), size=st.sampled_from([4, 6, 9, 16]), mode=st.sampled_from(["appendix", "c9-code"]),
-       min_size=st.integers(2, 12))
-def test_tiles_with_halo_strips_equal_the_whole_raster_chain(seed, size, mode, min_size):
+       min_size=st.integers(2, 12), edges=st.booleans())
+def test_tiles_with_halo_strips_equal_the_whole_raster_chain(seed, size, mode, min_size, edges):
     rng = np.random.default_rng(seed)
-    stack = np.where(rng.random((5, 3 * size, 2 * size)) < 0.45, 1, 0).astype(np.uint8)
-    stack[rng.random(stack.shape) < 0.1] = 255
+    if edges:  # small blobs at the raster's edge and at the edge of never-observed areas
+        stack = edge_blob_stack(rng, 5, 3 * size, 2 * size)
+    else:
+        stack = np.where(rng.random((5, 3 * size, 2 * size)) < 0.45, 1, 0).astype(np.uint8)
+        stack[rng.random(stack.shape) < 0.1] = 255
     params = FilterParams(mode=mode, min_component_size=min_size)
     tiles, years = tiles_of(stack, size)
     temporal = {key: temporal_filter_tile(tile, params, keep_origin=True) for key, tile in tiles.items()}
@@ -70,12 +74,33 @@ def test_pad_with_halo_puts_each_strip_on_its_side():
     tiles, _ = tiles_of(stack, 4)
     middle = tiles[(1, 0)]
     strips = [s for tile in (tiles[(0, 0)], tiles[(2, 0)]) for target, s in halo_strips(tile, 2) if target == (1, 0)]
-    padded = pad_with_halo(middle, strips, 2)
+    padded, inside = pad_with_halo(middle, strips, 2)
     assert padded.shape == (1, 8, 8)
+    assert inside[:, 2:6].all() and not inside[:, :2].any() and not inside[:, 6:].any()
     assert (padded[0, 2:6, 2:6] == stack[0, 4:8]).all()
     assert (padded[0, 0:2, 2:6] == stack[0, 2:4]).all()  # bottom two rows of the tile above
     assert (padded[0, 6:8, 2:6] == stack[0, 8:10]).all()  # top two rows of the tile below
     assert (padded[0, :, :2] == 255).all() and (padded[0, :, 6:] == 255).all()  # no neighbours left/right
+
+
+def test_c9_blob_at_the_raster_edge_ignores_outside_but_counts_not_observed():
+    # A 2-pixel blob in the top-left corner over two not-observed pixels. Whole raster: the corner sees
+    # 2 × 1 and 2 × 255 (the 5 outside ignored) → tie → 1; its neighbour sees 2 × 0, 2 × 1, 2 × 255 → 0.
+    # The tile must agree although its padded window holds 255 beyond the edge (which would make 255 win).
+    stack = np.zeros((1, 8, 8), dtype=np.uint8)
+    stack[0, 0, 0:2] = 1
+    stack[0, 1, 0:2] = 255
+    params = FilterParams(mode="c9-code", min_component_size=3)
+    whole = spatial_filter(stack, "c9-code", 3)
+    assert whole[0, 0, :3].tolist() == [1, 0, 0]
+    tiles, _ = tiles_of(stack, 4)
+    inbox = {key: [] for key in tiles}
+    for tile in tiles.values():
+        for target, strip in halo_strips(tile, params.spatial_halo):
+            if target in inbox:
+                inbox[target].append(strip)
+    done = spatial_frequency_tile(tiles[(0, 0)], inbox[(0, 0)], params, spatial=True)
+    assert (done.classes == whole[:, :4, :4]).all()
 
 
 def test_spatial_off_leaves_classes_and_counts_rows():

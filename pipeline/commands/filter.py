@@ -20,7 +20,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodata-value", type=float, action="append", default=[], help="extra input value meaning not observed (repeatable); the raster's own nodata always counts")
     parser.add_argument("--years", help="years to use, START-END or a comma list; all of them must be present")
     parser.add_argument("--mode", choices=["appendix", "c9-code"], default="appendix", help="filter semantics (DESIGN.md §3)")
-    parser.add_argument("--min-component-size", type=int, default=10, help="spatial filter: smaller 8-connected mining components are removed (default 10)")
+    parser.add_argument("--min-component-size", type=int, default=10, help="spatial filter: smaller 8-connected mining components are removed (default 10). "
+                        "The committed C9 script (5-SpatialFilter.js) filters class 10, which never occurs in 0/30 maps, so as committed it "
+                        "changes nothing; --min-component-size 1 (no component is smaller: the spatial filter off) reproduces it, "
+                        "while --mode c9-code filters class 30 as the script's own preview line does")
     parser.add_argument("--spatial-window", type=int, default=3, help="c9-code spatial filter: mode window size (default 3)")
     parser.add_argument("--backfill-limit", type=int, default=3, help="gap fill: how many years back an earlier observation may be taken (default 3)")
     parser.add_argument("--frequency-cut", type=float, default=10.0, help="frequency filter: percent of years under which mining is removed (default 10)")

@@ -18,7 +18,12 @@ def configure(parser) -> None:
     )
     parser.add_argument("--dest", required=True, help="asset folder for the results: {dest}/{step}_{year}")
     options.add_grid_arguments(parser, required=True)
-    spatial = parser.add_argument_group("spatial filter (DESIGN §3)")
+    spatial = parser.add_argument_group(
+        "spatial filter (DESIGN §3)",
+        "The committed C9 script (5-SpatialFilter.js) filters class 10, which never occurs in 0/30 maps, so as committed "
+        "it changes nothing: leaving 'spatial' out of --steps (the run's --spatial_filter off) reproduces it; "
+        "--mode c9-code filters class 30, as the script's own preview line does.",
+    )
     spatial.add_argument("--mode", choices=["appendix", "c9-code"], default="appendix", help="filter mode (default appendix)")
     spatial.add_argument("--min-size", type=int, default=10, help="minimum component size in pixels (default 10)")
     spatial.add_argument("--window", type=int, default=3, help="c9-code mode window (default 3)")
@@ -69,7 +74,11 @@ def build_tasks(args):
         )
     tasks = []
     for year in years:
-        classification = poststeps.year_classification(args.collection, year)
+        # c9-code's spatial filter is literal: not observed (inside the year's images) votes as a value.
+        literal = "spatial" in steps and args.mode == "c9-code"
+        classification = poststeps.year_classification(
+            args.collection, year, not_observed=poststeps.NOT_OBSERVED if literal else None
+        )
         if "spatial" in steps:
             classification = poststeps.spatial_filter(classification, args.mode, args.min_size, args.window)
             tasks.append(poststeps.asset_export(

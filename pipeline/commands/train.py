@@ -21,7 +21,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="band preset: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in BAND_PRESETS.items()))
     g.add_argument(
         "--normalization", default="zscore", choices=list(NORMALIZATIONS),
-        help="zscore: per-band mean/std from tf.Transform analyzers (default); c9-code: x / 255 as published",
+        help="zscore: per-band mean/std from tf.Transform analyzers (default); c9-code: the stored byte values "
+             "(0-255 as float) with no normalisation, as the published C9 notebooks feed the network",
     )
     g.add_argument("--patch-size", type=int, default=256, help="pixels per patch side in the records (default 256)")
     g = parser.add_argument_group("network")

@@ -11,13 +11,16 @@ index (x + 1) × 127, clamped to 0–255 and cast to bytes; bands in the preset'
   MNDWI = (green − swir1) / (green + swir1)
   NDSI  = (swir1 − nir) / (swir1 + nir)   (the soil/built-up index of the published code, not the snow index)
 
+each computed as the published code does, with `image.expression` (the published strings, verbatim), not
+`normalizedDifference`, which masks pixels where an input is negative.
+
 Every function returns an `ee` object (a lazy graph); nothing here talks to the server.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-from pipeline.contract import BAND_PRESETS, EXPORT_MAX, INDEX_FORMULAS, INDEX_OFFSET, INDEX_SCALE, REFLECTANCE_SCALE
+from pipeline.contract import BAND_PRESETS, EXPORT_MAX, INDEX_OFFSET, INDEX_SCALE, REFLECTANCE_SCALE
 
 COLLECTIONS = {
     "L5": "LANDSAT/LT05/C02/T1_TOA",
@@ -36,7 +39,14 @@ REFLECTANCE_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")
 QA_BAND = "QA_PIXEL"
 QA_MASK_BITS = (1, 3, 4)  # dilated cloud, cloud, cloud shadow
 QA_MASK = sum(1 << bit for bit in QA_MASK_BITS)
-INDICES = INDEX_FORMULAS  # index name -> (a, b) of the normalized difference (a - b) / (a + b)
+# index name -> (expression, {variable: band}), verbatim from the published `createIndexs`
+# (mapbiomas/brazil-mining Mapbiomas09/0-Mosaic.js @ 5a05cecc). An expression, not normalizedDifference:
+# normalizedDifference masks pixels where an input is negative, the published expression does not.
+INDICES = {
+    "ndvi": ("(((banda4 - banda3)/(banda4 + banda3)))", {"banda4": "nir", "banda3": "red"}),
+    "mndwi": ("((( banda2 - banda5) / (banda2 + banda5)))", {"banda2": "green", "banda5": "swir1"}),
+    "ndsi": ("(((banda5 - banda4)/(banda4 + banda5)))", {"banda5": "swir1", "banda4": "nir"}),
+}
 PRESETS = BAND_PRESETS  # the model's input order is the one table of presets
 FIRST_YEAR = 1985
 SENSOR_SWITCH_YEAR = 2014
@@ -72,11 +82,19 @@ def mask_clouds(image):
 
 
 def add_indices(image, names: Sequence[str] = tuple(INDICES)):
-    """Add the named normalized-difference indices (ndvi, mndwi, ndsi) to an image with renamed bands."""
+    """Add the named indices (ndvi, mndwi, ndsi) to an image with renamed bands, as the published code does.
+
+    Each is the published `image.expression(...)` of (a − b) / (a + b), not `normalizedDifference`, which
+    would mask every pixel where an input is negative (TOA reflectance can be, slightly) and so change the
+    annual median.
+    """
     import ee
 
     image = ee.Image(image)
-    bands = [image.normalizedDifference(list(INDICES[name])).rename(name) for name in names]
+    bands = []
+    for name in names:
+        expression, variables = INDICES[name]
+        bands.append(image.expression(expression, {var: image.select(band) for var, band in variables.items()}).rename(name))
     return image.addBands(bands)
 
 

@@ -6,8 +6,9 @@ straddles two grid cells is one component.
 
 * Spatial filter, 8-connected (`connectedPixelCount(min_size, eightConnected=True)`), both modes of §3:
   `appendix` — mining pixels in components of fewer than `min_size` pixels become not mining (0);
-  `c9-code`  — they take the mode of their `window` × `window` neighbourhood, themselves included and masked
-  neighbours ignored (the published `majorityFilter`: `neighborhoodToBands(square).reduce(mode)`); ties are
+  `c9-code`  — they take the mode of their `window` × `window` neighbourhood, themselves included (the
+  published `majorityFilter`: `neighborhoodToBands(square).reduce(mode)`), literally: not-observed pixels
+  inside the year's images vote as 255 (the script's 50), pixels outside every image are ignored; ties are
   resolved by Earth Engine's `Reducer.mode`.
 * Integration by prevalence (§5) with a land-cover asset: every layer's class is ranked through the table in
   `pipeline/data/prevalence.json`; per pixel the class of the best (lowest) rank among the layers that claim
@@ -31,17 +32,28 @@ from pipeline.earthengine.tables import ClassIdTable
 
 MINING = 30
 NOT_MINING = 0
+NOT_OBSERVED = 255  # the value not observed takes where it votes (c9-code), as in the COGs
 MODES = ("appendix", "c9-code")
 CRS = "EPSG:4326"
 MAX_CONNECTED = 1024  # Earth Engine's limit on connectedPixelCount's maxSize
 
 
-def year_classification(collection: str, year: int, band: str = "classification"):
-    """The classification of `year`: the mosaic of the collection's images whose `year` property matches."""
+def year_classification(collection: str, year: int, band: str = "classification", not_observed: int | None = None):
+    """The classification of `year`: the mosaic of the collection's images whose `year` property matches.
+
+    Not-observed pixels are masked; with `not_observed` (e.g. 255) they hold that value instead wherever an
+    image of the year covers them (each image unmasked within its own footprint, observed values first), and
+    only pixels outside every image stay masked: what the literal `c9-code` mode needs, where not observed
+    is a value that votes (the published script's 50) and the outside of the raster is not.
+    """
     import ee
 
-    images = ee.ImageCollection(collection).filter(ee.Filter.eq("year", year))
-    return images.mosaic().select([band], ["classification"])
+    images = ee.ImageCollection(collection).filter(ee.Filter.eq("year", year)).select([band], ["classification"])
+    observed = images.mosaic()
+    if not_observed is None:
+        return observed
+    inside = images.map(lambda image: ee.Image(image).unmask(not_observed, True)).mosaic()
+    return observed.unmask(inside)
 
 
 def small_mining_components(classification, min_size: int = 10):
@@ -57,7 +69,12 @@ def small_mining_components(classification, min_size: int = 10):
 
 
 def spatial_filter(classification, mode: str = "appendix", min_size: int = 10, window: int = 3):
-    """The §3 spatial filter of one year's classification (30 / 0, masked = not observed), either mode."""
+    """The §3 spatial filter of one year's classification (30 / 0, masked = not observed), either mode.
+
+    For the literal `c9-code` mode give it `year_classification(..., not_observed=NOT_OBSERVED)`: not-observed
+    pixels then vote in the mode like a class (pixels outside every image stay masked and do not). The
+    result is masked where it is not observed, in both cases.
+    """
     import ee
 
     if mode not in MODES:
@@ -72,6 +89,7 @@ def spatial_filter(classification, mode: str = "appendix", min_size: int = 10, w
         kernel = ee.Kernel.square(window // 2, "pixels")
         majority = classification.neighborhoodToBands(kernel).reduce(ee.Reducer.mode())
         filtered = classification.where(small, majority)
+        filtered = filtered.updateMask(filtered.neq(NOT_OBSERVED))
     return filtered.toByte().rename("classification")
 
 

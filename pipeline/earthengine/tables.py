@@ -123,6 +123,10 @@ def load_class_id_table(path: str | Path | None = None) -> ClassIdTable:
                 "group": entry["group"],
                 "substance": entry["substance"],
                 "name": str(entry["name"]),
+                # Table 3's three levels, in Portuguese as published (null for 301, not in Table 3).
+                "level_1": entry.get("level_1"),
+                "level_2": entry.get("level_2"),
+                "level_3": entry.get("level_3"),
             }
             for entry in document["codes"]
         )
@@ -139,6 +143,9 @@ def load_class_id_table(path: str | Path | None = None) -> ClassIdTable:
     for entry in codes:
         if entry["type"] not in ("industrial", "garimpo", None):
             raise UserError(f"{path}: code {entry['code']}: type must be industrial, garimpo or null")
+    for entry in codes:
+        if entry["substance"] is not None and entry["substance"] not in substances:
+            raise UserError(f"{path}: code {entry['code']} names substance {entry['substance']!r}, which 'substances' does not define")
     by_name: dict[str, str] = {}
     for substance, spec in substances.items():
         if "group" not in spec or not isinstance(spec.get("names"), list):

@@ -10,13 +10,23 @@ The functions loop over years (at most a few dozen) and never over pixels, so th
 of whole-image numpy operations per year. They are the single implementation used by the
 `mining-mapper filter` command and by the Beam transforms.
 
+``c9-code`` is literal (DESIGN.md §3, last paragraph): in the published chain "not observed" is a
+class value like the others (50), so in this mode 255 *is* a value. Two not-observed years agree in
+both temporal passes (``y[t-1] = y[t+1] = 255`` writes 255), not-observed pixels vote in the 3×3 mode
+(ties to the smaller of 0 < 1 < 255, as 0 < 30 < 50), and the first gap-fill step neither reads nor
+writes the last year (its back-fill from index 32 on stops before the last year too, as the script's
+loop does); the last year is filled only by the temporal pass 2. tests/c9_published_scripts.py
+transcribes the published scripts line by line and the tests compare this engine with it.
+
 Decisions where DESIGN.md is silent (documented here once):
-- A class comparison in ``c9-code`` (``y[t-1] = y[t+1]``) only holds between two observed values:
-  two not-observed neighbours never "agree", so a pass never writes 255 over an observation.
-- The ``c9-code`` 3×3 mode counts observed neighbours only (not-observed pixels are ignored, like
-  neighbours outside the raster, as Earth Engine's focal mode ignores masked pixels).
-- The ``c9-code`` back-fill from earlier years (index ≥ 32) applies to the last year as well.
-- The ``c9-code`` frequency rule divides by n − 1; with a single year it removes nothing.
+- The ``c9-code`` frequency rule divides by n − 1; with a single year (where the script would divide
+  by zero) it removes nothing.
+- Pixels outside the raster never vote in the mode. A tile's spatial filter can be told which pixels
+  of its padded window lie inside the raster (``inside``); the Beam tiles treat a neighbour tile that
+  does not exist as outside the raster, so tiled equals whole-raster in both modes.
+- The published frequency script writes 0 wherever the result is not mining, not-observed pixels
+  included (``unmask(0)``); this engine keeps 255 there, as DESIGN.md §2's outputs carry "never observed"
+  as nodata. Mining pixels are the same.
 """
 from __future__ import annotations
 
@@ -200,7 +210,8 @@ def _gap_fill_c9(stack, filled, origin, backfill_limit: int, backfill_from: int)
         _fill_from_later(stack, filled, origin, last_source=n - 2)
     last = stack[n - 1]
     origin[n - 1][last != NOT_OBSERVED] = n - 1
-    for i in range(max(backfill_from, 1), n):
+    # As published: the back-fill runs inside the same loop over i < n − 1, so the last year is not filled here.
+    for i in range(max(backfill_from, 1), n - 1):
         for back in range(1, backfill_limit + 1):
             if i - back < 0:
                 break
@@ -250,7 +261,8 @@ def _c9_temporal_step(prev, mid, nxt, target, target_frozen, first: bool) -> Non
     target[from_primary] = primary[from_primary]
     from_secondary = gap & (primary == NOT_OBSERVED)
     target[from_secondary] = secondary[from_secondary]
-    agree = (agree_a == agree_b) & (agree_a != NOT_OBSERVED)
+    # Literal: 255 is a value, so two not-observed years agree too and write 255.
+    agree = agree_a == agree_b
     target[agree] = agree_a[agree]
 
 
@@ -267,9 +279,15 @@ def spatial_halo(min_component_size: int, spatial_window: int = 3) -> int:
     return max(min_component_size - 1, spatial_window // 2)
 
 
-def small_mining_components(year: np.ndarray, min_component_size: int) -> np.ndarray:
-    """Boolean mask of mining pixels whose 8-connected mining component has fewer than `min_component_size` pixels."""
+def small_mining_components(year: np.ndarray, min_component_size: int, inside: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of mining pixels whose 8-connected mining component has fewer than `min_component_size` pixels.
+
+    `inside` (optional, bool like `year`) marks the pixels that belong to the raster; the others never
+    join a component.
+    """
     mining = year == MINING
+    if inside is not None:
+        mining &= inside
     if min_component_size <= 1:
         return np.zeros_like(mining)
     labels, count = ndimage.label(mining, structure=_EIGHT_CONNECTED)
@@ -281,23 +299,17 @@ def small_mining_components(year: np.ndarray, min_component_size: int) -> np.nda
     return small[labels]
 
 
-_VOTE = np.zeros(256, dtype=np.int8)
-_VOTE[MINING] = 1
-_VOTE[NOT_MINING] = -1
+def _box_count(mask: np.ndarray, window: int) -> np.ndarray:
+    """How many true pixels each window × window neighbourhood holds; pixels beyond the edge count none.
 
-
-def _window_vote(year: np.ndarray, window: int) -> np.ndarray:
-    """(mining − not mining) neighbours in the window × window neighbourhood of every pixel.
-
-    Not-observed pixels and pixels outside the raster do not vote. A separable box sum of shifted
-    views in int8 (int16 for windows over 11): exact, and cheaper than a general correlation.
+    A separable box sum of shifted views (uint8 up to a 15 × 15 window, uint16 above): exact, and
+    cheaper than a general correlation.
     """
-    dtype = np.int8 if window <= 11 else np.int16
-    votes = np.take(_VOTE.astype(dtype), year)
+    dtype = np.uint8 if window <= 15 else np.uint16
     half = window // 2
-    rows, cols = year.shape
+    rows, cols = mask.shape
     padded = np.zeros((rows + 2 * half, cols), dtype=dtype)
-    padded[half: half + rows] = votes
+    padded[half: half + rows] = mask
     column_sums = padded[0:rows].copy()
     for shift in range(1, window):
         column_sums += padded[shift: shift + rows]
@@ -309,31 +321,57 @@ def _window_vote(year: np.ndarray, window: int) -> np.ndarray:
     return box
 
 
-def spatial_filter_year(year: np.ndarray, mode: Mode = "appendix", min_component_size: int = 10, spatial_window: int = 3) -> np.ndarray:
-    """Apply the spatial filter of DESIGN.md §3 to one year (rows, cols); returns a new array."""
+def window_mode(year: np.ndarray, window: int = 3, inside: np.ndarray | None = None) -> np.ndarray:
+    """The most frequent of 0 / 1 / 255 in every pixel's window × window neighbourhood (itself included).
+
+    This is the ``c9-code`` majority of DESIGN.md §3: not-observed pixels vote like any class (the
+    published script's 50), ties go to the smaller value (0 < 1 < 255), and pixels outside the raster
+    (beyond the array, or where `inside` is false) do not vote.
+    """
+    counts = []
+    for value in (NOT_MINING, MINING, NOT_OBSERVED):
+        member = year == value
+        if inside is not None:
+            member &= inside
+        counts.append(_box_count(member, window))
+    zeros, ones, gaps = counts
+    mode = np.where(ones > zeros, np.uint8(MINING), np.uint8(NOT_MINING))
+    mode[(gaps > zeros) & (gaps > ones)] = NOT_OBSERVED
+    return mode
+
+
+def spatial_filter_year(
+    year: np.ndarray, mode: Mode = "appendix", min_component_size: int = 10, spatial_window: int = 3, inside: np.ndarray | None = None
+) -> np.ndarray:
+    """Apply the spatial filter of DESIGN.md §3 to one year (rows, cols); returns a new array.
+
+    `inside` (optional, bool (rows, cols)) marks the pixels that belong to the raster: the others are
+    treated as beyond its edge (no component, no vote) and come back unchanged.
+    """
     _check_mode(mode)
     out = year.copy()
-    _spatial_year_inplace(out, mode, min_component_size, spatial_window)
+    _spatial_year_inplace(out, mode, min_component_size, spatial_window, inside)
     return out
 
 
-def _spatial_year_inplace(year: np.ndarray, mode: str, min_component_size: int, window: int) -> None:
-    small = small_mining_components(year, min_component_size)
+def _spatial_year_inplace(year: np.ndarray, mode: str, min_component_size: int, window: int, inside: np.ndarray | None = None) -> None:
+    small = small_mining_components(year, min_component_size, inside)
     if not small.any():
         return
     if mode == "appendix":
         year[small] = NOT_MINING
         return
-    # Mode of the observed neighbours, ties to the smaller value (0).
-    year[small & (_window_vote(year, window) <= 0)] = NOT_MINING
+    year[small] = window_mode(year, window, inside)[small]
 
 
-def spatial_filter(stack: np.ndarray, mode: Mode = "appendix", min_component_size: int = 10, spatial_window: int = 3) -> np.ndarray:
-    """Apply the spatial filter to every year of a stack; returns a new stack."""
+def spatial_filter(
+    stack: np.ndarray, mode: Mode = "appendix", min_component_size: int = 10, spatial_window: int = 3, inside: np.ndarray | None = None
+) -> np.ndarray:
+    """Apply the spatial filter to every year of a stack; returns a new stack (`inside` as in `spatial_filter_year`)."""
     _check_mode(mode)
     out = stack.copy()
     for t in range(out.shape[0]):
-        _spatial_year_inplace(out[t], mode, min_component_size, spatial_window)
+        _spatial_year_inplace(out[t], mode, min_component_size, spatial_window, inside)
     return out
 
 
@@ -343,17 +381,20 @@ def spatial_filter_tile(
     mode: Mode = "appendix",
     min_component_size: int = 10,
     spatial_window: int = 3,
+    inside: np.ndarray | None = None,
 ) -> np.ndarray:
     """Spatially filter the core of a tile given with context around it; returns the core only.
 
     `padded` is (years, rows, cols) or (rows, cols); `halo` = (top, bottom, left, right) context
-    pixels actually present (less than `spatial_halo` only at the raster's own edges). With full
-    context the result equals the whole-raster filter over the core, so tiles can be processed
-    independently (for example per Beam element) and a component crossing a tile edge stays one.
+    pixels around the core. Context must reach `spatial_halo` pixels or the raster's own edge: either
+    the window stops there, or `inside` (bool (rows, cols)) is false beyond it, so that pixels outside
+    the raster neither join components nor vote. With that context the result equals the whole-raster
+    filter over the core, so tiles can be processed independently (for example per Beam element) and
+    a component crossing a tile edge stays one.
     """
     top, bottom, left, right = halo
     rows, cols = padded.shape[-2:]
-    filtered = spatial_filter(padded if padded.ndim == 3 else padded[None], mode, min_component_size, spatial_window)
+    filtered = spatial_filter(padded if padded.ndim == 3 else padded[None], mode, min_component_size, spatial_window, inside)
     core = filtered[:, top: rows - bottom, left: cols - right]
     return core if padded.ndim == 3 else core[0]
 

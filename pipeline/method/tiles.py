@@ -107,22 +107,27 @@ def _overlap(source: int, target: int, size: int, halo: int) -> slice | None:
     return slice(start - source * size, stop - source * size)
 
 
-def pad_with_halo(tile: TileSeries, strips: Iterable[HaloStrip], halo: int) -> np.ndarray:
-    """The tile's classes with `halo` pixels of context around it; 255 where there is none.
+def pad_with_halo(tile: TileSeries, strips: Iterable[HaloStrip], halo: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tile's classes with `halo` pixels of context around it, and where that context exists.
 
-    Padding with 255 (not observed) is exact at the raster's own edges: a not-observed pixel never
-    joins a mining component and never votes in the mode, just like a pixel outside the raster.
+    Returns (padded classes, inside): `inside` (bool, rows × cols of the padded window) is true over
+    the tile and every strip received, false where no tile sent one — beyond the raster's edge, since
+    every position of an export's raster has a tile. Those pixels hold 255 but must be ignored, not
+    voted with: in ``c9-code`` a not-observed pixel votes in the 3×3 mode, one outside the raster does not.
     """
     years, rows, cols = tile.classes.shape
     padded = np.full((years, rows + 2 * halo, cols + 2 * halo), NOT_OBSERVED, dtype=np.uint8)
+    inside = np.zeros(padded.shape[1:], dtype=bool)
     padded[:, halo: halo + rows, halo: halo + cols] = tile.classes
+    inside[halo: halo + rows, halo: halo + cols] = True
     for strip in strips:
         # Global pixel position of the strip, relative to the top-left of this tile's padded window.
         top = (strip.source_row - tile.row) * rows + strip.rows.start + halo
         left = (strip.source_col - tile.col) * cols + strip.cols.start + halo
         height, width = strip.classes.shape[1:]
         padded[:, top: top + height, left: left + width] = strip.classes
-    return padded
+        inside[top: top + height, left: left + width] = True
+    return padded, inside
 
 
 def spatial_frequency_tile(tile: TileSeries, strips: Iterable[HaloStrip], params: FilterParams, spatial: bool) -> TileSeries:
@@ -131,8 +136,9 @@ def spatial_frequency_tile(tile: TileSeries, strips: Iterable[HaloStrip], params
     classes = tile.classes
     if spatial:
         halo = params.spatial_halo
+        padded, inside = pad_with_halo(tile, strips, halo)
         classes = spatial_filter_tile(
-            pad_with_halo(tile, strips, halo), (halo,) * 4, params.mode, params.min_component_size, params.spatial_window
+            padded, (halo,) * 4, params.mode, params.min_component_size, params.spatial_window, inside
         )
     rows["spatial"] = mining_per_row(classes)
     classes = frequency_filter(classes, params.mode, params.frequency_cut_percent)
