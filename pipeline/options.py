@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.errors import UserError
+from pipeline.flags import SwitchAction
 from model.presets import BAND_PRESETS
 from pipeline.filters import MODES, FilterParams
 from pipeline.ranges import parse_int_list
@@ -38,9 +39,9 @@ class MiningMapperOptions(PipelineOptions):
         parser.add_argument("--min_batch_size", type=int, default=1, help="inference: smallest batch of patches")
         parser.add_argument("--max_batch_size", type=int, default=16, help="inference: largest batch of patches")
         parser.add_argument("--export_nodata", default="-9999", help="comma list of values that mark masked pixels in the exports (besides NaN and a 0 in the first band)")
-        parser.add_argument("--probability_band", default="false", choices=["true", "false"], help="add the probability (p × 255) as a band of each COG")
-        parser.add_argument("--origin_band", default="false", choices=["true", "false"], help="add the gap-fill origin year (year − 1900) as a band of each COG")
-        parser.add_argument("--require_gpu", default="false", choices=["true", "false"], help="fail at start-up when no GPU is visible to TensorFlow")
+        parser.add_argument("--probability_band", action=SwitchAction, help="add the probability (p × 255) as a band of each COG")
+        parser.add_argument("--origin_band", action=SwitchAction, help="add the gap-fill origin year (year − 1900) as a band of each COG")
+        parser.add_argument("--require_gpu", action=SwitchAction, help="fail at start-up when no GPU is visible to TensorFlow")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,12 +17,16 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from pipeline import __version__
+from pipeline.console import QUIET, configure_logging, import_tensorflow_quietly, run_table, verbosity_of
 from pipeline.errors import UserError
+from pipeline.flags import HelpFormatter, check_run_argv
 from pipeline.gpu import check_gpu
+from pipeline.modelcheck import check_models
 from pipeline.options import MiningMapperOptions, RunConfig, build_config, grid_years
 from pipeline.rasters import publish_atomically
 from transforms.filtering import FilterTiles
 from transforms.inference import ClassifyPatches
+from transforms.progress import LogProgress
 from transforms.read import ReadEarthEngineExports
 from transforms.write import WriteGridYears, build_summary, summary_json
 
@@ -93,6 +97,7 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> beam.PCollection:
     } | "Write" >> WriteGridYears(
         config.output, config.years, output_tags(config), config.probability_band, config.origin_band
     )
+    statuses | "Progress" >> LogProgress(grid_years(config))
     (
         statuses
         | "Collect statuses" >> beam.combiners.ToList()
@@ -102,13 +107,19 @@ def build(pipeline: beam.Pipeline, config: RunConfig) -> beam.PCollection:
 
 
 def run(argv: Sequence[str] | None = None) -> dict:
-    """Validate the options, run the pipeline, wait, and return the summary (local runs)."""
-    options = PipelineOptions(list(argv) if argv is not None else sys.argv[1:])
+    """Validate the options, run the pipeline, wait, and return the summary (local runs).
+
+    Unknown flags and stray values are refused first (`pipeline.flags.check_run_argv`); the GPU (local
+    runs) and every model location are checked before anything is read.
+    """
+    options = PipelineOptions(check_run_argv(list(argv) if argv is not None else sys.argv[1:]))
     standard = options.view_as(StandardOptions)
     local = standard.runner in LOCAL_RUNNERS
     if local:  # inference runs in this process: check before reading anything
+        import_tensorflow_quietly()
         check_gpu(options.view_as(MiningMapperOptions).require_gpu == "true")
     config = build_config(options)
+    check_models(config.routes)
     runner = None
     if local:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -116,7 +127,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         runner = FnApiRunner()
     else:
         options.view_as(SetupOptions).save_main_session = False
-    logging.info("running %d grid(s) × %d year(s) on %s", len(config.grids), len(config.years), standard.runner or "FnApiRunner")
+    logging.getLogger(__name__).info("running %d grid(s) × %d year(s) on %s", len(config.grids), len(config.years), standard.runner or "FnApiRunner")
     with beam.Pipeline(runner=runner, options=options) as pipeline:
         build(pipeline, config)
     result = pipeline.result
@@ -148,30 +159,42 @@ def print_help() -> None:
     parser = argparse.ArgumentParser(
         prog="mining-mapper run",
         description="Earth Engine TFRecord exports → U-Net inference → post-classification filters → COGs.",
-        epilog="Beam's own flags pass through: --runner DataflowRunner --project … --region … --temp_location …",
+        epilog="Beam's own flags pass through: --runner DataflowRunner --project … --region … --temp_location …; "
+               "any other flag is refused. Every flag may be spelled with hyphens or underscores "
+               "(--band-preset = --band_preset); true/false flags are switches too (--origin-band, --no-origin-band).",
+        formatter_class=HelpFormatter,
     )
     MiningMapperOptions._add_argparse_args(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show everything: Beam's INFO lines, ours at DEBUG")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     parser.print_help()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m pipeline.run` and `mining-mapper run`: prints where the outputs are."""
+def main(argv: Sequence[str] | None = None, verbosity: int | None = None) -> int:
+    """Entry point of `python -m pipeline.run` and `mining-mapper run`: ends with the run's table.
+
+    -v / -q may come anywhere in `argv` (they are not pipeline options); `verbosity` is the one the
+    `mining-mapper` command already parsed.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print_help()
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flags = {"-v", "--verbose", "-q", "--quiet"}
+    if verbosity is None or flags & set(argv):
+        verbosity = verbosity_of(bool({"-v", "--verbose"} & set(argv)), bool({"-q", "--quiet"} & set(argv)))
+    argv = [arg for arg in argv if arg not in flags]
+    configure_logging(verbosity)
     try:
         summary = run(argv)
     except UserError as error:
         print(f"mining-mapper run: error: {error}", file=sys.stderr)
         return 2
-    if "grid_years" in summary:
-        counts = summary.get("counts", {})
-        print(f"COGs: {summary['output']}/{{grid}}/{{grid}}_{{year}}.tif  ({counts})")
-        print(f"summary: {summary['output']}/summary.json")
-    else:
-        print(f"submitted; summary will be at {summary['summary']}")
+    if verbosity > QUIET:
+        if "grid_years" in summary:
+            print(run_table(summary))
+        else:
+            print(f"submitted; summary will be at {summary['summary']}")
     return 0
 
 

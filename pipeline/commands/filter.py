@@ -29,7 +29,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--origin-band", action="store_true", help="add a second band with the gap-fill origin year (year − 1900; 255 none)")
     parser.add_argument("--grid", default=None, help="grid id recorded in the output tags")
     parser.add_argument("--prefix", default="mining", help="output file name prefix: PREFIX_YEAR.tif (default 'mining')")
-    parser.add_argument("--quiet", action="store_true", help="no progress messages")
 
 
 def _progress(quiet: bool):

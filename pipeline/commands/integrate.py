@@ -20,7 +20,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--years", help="years to integrate, START-END or a comma list (default: all mining years)")
     parser.add_argument("--prefix", default="integrated", help="file prefix for a single-grid series: PREFIX_YEAR.tif")
     parser.add_argument("--chunk-rows", type=int, default=512, help="rows processed at a time (default 512)")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -28,7 +28,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes (default 0)")
     parser.add_argument("--compress-level", type=int, default=6, help="gzip level of the shards (default 6)")
     parser.add_argument("--overwrite", action="store_true", help="replace a sample already in --output")
-    parser.add_argument("--quiet", action="store_true", help="no progress messages")
 
 
 def _parse_years(text: str) -> tuple[int, int]:
