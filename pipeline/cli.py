@@ -14,9 +14,10 @@ from types import ModuleType  # noqa: E402
 from pipeline import __version__, commands  # noqa: E402
 from pipeline.console import configure_logging, verbosity_of  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
-from pipeline.flags import HelpFormatter, SuggestingParser, long_options, unknown_message  # noqa: E402
+from pipeline.flags import HelpFormatter, SuggestingParser, add_negations, long_options, unknown_message  # noqa: E402
 
-SPELLING_NOTE = "Every flag may be spelled with hyphens or underscores (--min-component-size = --min_component_size)."
+SPELLING_NOTE = ("Every flag may be spelled with hyphens or underscores (--min-component-size = --min_component_size); "
+                 "every switch --x has a --no-x form.")
 
 
 def discover_commands() -> list[ModuleType]:
@@ -47,9 +48,10 @@ def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser
 
 
 def _finish(parser: argparse.ArgumentParser) -> None:
-    """Defaults in every --help and -v/-q on every (nested) subcommand parser."""
+    """Defaults in every --help, `--no-` forms of switches and -v/-q on every (nested) subcommand parser."""
     for sub in _subparsers(parser):
         sub.formatter_class = HelpFormatter
+        add_negations(sub)
         add_verbosity_flags(sub)
         _finish(sub)
 

@@ -14,6 +14,10 @@ from collections.abc import Iterable, Sequence
 from pipeline.errors import UserError
 
 TRUE_FALSE = ("true", "false")
+# Spellings earlier versions used for a concept that now has one name everywhere: suggested when met.
+RENAMED = {"preset": "band_preset", "mode": "filter_mode", "min_size": "min_component_size", "window": "spatial_window",
+           "landcover": "land_cover", "landcover_band": "land_cover_band", "mining_value": "class_value",
+           "grid_ids": "grids"}
 
 
 class FlagError(UserError):
@@ -60,6 +64,25 @@ class SwitchAction(argparse.Action):
         setattr(namespace, self.dest, "false" if negative else values)
 
 
+def add_negations(parser: argparse.ArgumentParser, skip: Iterable[str] = ("help", "verbose", "quiet")) -> None:
+    """Give every `--x` switch of a parser a `--no-x` that turns it off again (one boolean style everywhere).
+
+    Why: a wrapper script can then pass `--no-x` explicitly, and every command's booleans read the same
+    as `run`'s (`--origin-band`, `--no-origin-band`). The `--no-` forms stay out of --help (the epilog
+    says they exist).
+    """
+    for action in list(parser._actions):
+        if not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) or action.dest in skip:
+            continue
+        for option in action.option_strings:
+            if not option.startswith("--") or option.startswith(("--no-", "--no_")):
+                continue
+            negation = "--no-" + option[2:]
+            if negation not in parser._option_string_actions:
+                parser.add_argument(negation, dest=action.dest, action="store_const", const=not action.const,
+                                    default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def flag_key(option: str) -> str:
     """The spelling-independent name of a flag: `--min-component-size` and `--min_component_size` give one key."""
     return option.lstrip("-").replace("-", "_")
@@ -93,12 +116,16 @@ def normalise_argv(argv: Sequence[str], known: Iterable[str]) -> list[str]:
 
 
 def closest(option: str, known: Iterable[str]) -> str | None:
-    """The valid flag nearest to a misspelt one (difflib), in its declared spelling; None when none is near."""
+    """The valid flag nearest to a misspelt one (a renamed flag's new name, else difflib's closest), in its
+    declared spelling; None when none is near."""
     by_key = {}
     for name in known:
         if name.startswith("--"):
             by_key.setdefault(flag_key(name), name)
-    matches = difflib.get_close_matches(flag_key(option.partition("=")[0]), list(by_key), n=1, cutoff=0.6)
+    key = flag_key(option.partition("=")[0])
+    if RENAMED.get(key) in by_key:
+        return by_key[RENAMED[key]]
+    matches = difflib.get_close_matches(key, list(by_key), n=1, cutoff=0.6)
     return by_key[matches[0]] if matches else None
 
 

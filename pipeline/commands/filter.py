@@ -20,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-value", type=int, default=30, help="input value meaning mining; other valid values are not mining (default 30)")
     parser.add_argument("--nodata-value", type=float, action="append", default=[], help="extra input value meaning not observed (repeatable); the raster's own nodata always counts")
     parser.add_argument("--years", help="years to use, START-END or a comma list; all of them must be present")
-    parser.add_argument("--mode", choices=["appendix", "c9-code"], default="appendix", help="filter semantics (DESIGN.md §3)")
+    parser.add_argument("--filter-mode", choices=["appendix", "c9-code"], default="appendix", help="filter semantics (DESIGN.md §3)")
     parser.add_argument("--min-component-size", type=int, default=10, help="spatial filter: smaller 8-connected mining components are removed (default 10)")
     parser.add_argument("--spatial-window", type=int, default=3, help="c9-code spatial filter: mode window size (default 3)")
     parser.add_argument("--backfill-limit", type=int, default=3, help="gap fill: how many years back an earlier observation may be taken (default 3)")
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     say = _progress(args.quiet)
     try:
-        params = FilterParams.from_arguments(args, mode=args.mode)
+        params = FilterParams.from_arguments(args, mode=args.filter_mode)
     except ValueError as error:
         raise UserError(str(error)) from None
 
