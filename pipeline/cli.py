@@ -12,7 +12,7 @@ import sys  # noqa: E402
 from types import ModuleType  # noqa: E402
 
 from pipeline import __version__, commands  # noqa: E402
-from pipeline.console import configure_logging, verbosity_of  # noqa: E402
+from pipeline.console import configure_logging, import_tensorflow_quietly, verbosity_of  # noqa: E402
 from pipeline.errors import UserError  # noqa: E402
 from pipeline.flags import HelpFormatter, SuggestingParser, add_negations, long_options, unknown_message  # noqa: E402
 
@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         command.error(unknown_message(extra, known))
     args._extra = extra
     configure_logging(verbosity_of(args.verbose, args.quiet))
+    if getattr(sys.modules[args._run.__module__], "USES_TENSORFLOW", False):
+        import_tensorflow_quietly()
     try:
         return int(args._run(args) or 0)
     except UserError as error:

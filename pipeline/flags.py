@@ -34,11 +34,20 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         if action.required:
             return f"{text} (required)"
+        if "required)" in text:  # required by the command, not by argparse (e.g. Beam's options)
+            return text
         if action.nargs == 0:  # a switch: absent unless given
             return f"{text} (default: off)"
-        if action.default is None or action.default == []:
+        if action.default in (None, "", []):
             return f"{text} (default: none)"
         return f"{text} (default: %(default)s)"
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if isinstance(action, SwitchAction):  # `--x [true|false], --no-x`: the negation takes no value
+            positive = [o for o in action.option_strings if not flag_key(o).startswith("no_")]
+            negative = [o for o in action.option_strings if flag_key(o).startswith("no_")]
+            return ", ".join([f"{o} [true|false]" for o in positive] + negative)
+        return super()._format_action_invocation(action)
 
 
 class SwitchAction(argparse.Action):

@@ -21,11 +21,11 @@ class MiningMapperOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--exports", help="root of the Earth Engine exports, {exports}/{grid}/{year}/ (local path or gs://)")
-        parser.add_argument("--output", help="where the COGs and the run summary go (local path or gs://)")
+        parser.add_argument("--exports", help="root of the Earth Engine exports, {exports}/{grid}/{year}/ (local path or gs://; required)")
+        parser.add_argument("--output", help="where the COGs and the run summary go (local path or gs://; required)")
         parser.add_argument("--grids", default="", help="grid ids: a comma list with ranges, e.g. 1010,1200-1210 (default: all under --exports)")
         parser.add_argument("--years", default="", help="years: a comma list with ranges, e.g. 1985-2023 (default: all under --exports)")
-        parser.add_argument("--model", help="the national model: a serving model exported by `mining-mapper train` (local path or gs://)")
+        parser.add_argument("--model", help="the national model: a serving model exported by `mining-mapper train`, or a .keras file (local path or gs://; required)")
         parser.add_argument("--model_routing", default="", help="JSON file mapping model paths to grid ids, for state models: {\"models\": [{\"path\": ..., \"grids\": [..]}]}")
         parser.add_argument("--band_preset", default="appendix", choices=sorted(BAND_PRESETS), help="the model's input bands, in order (DESIGN.md §1.2)")
         parser.add_argument("--threshold", type=float, default=0.5, help="probability at or above which a pixel is mining")

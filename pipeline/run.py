@@ -133,7 +133,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     result = pipeline.result
     summary_path = f"{config.output}/summary.json"
     if runner is None:
-        return {"summary": summary_path}
+        return {"summary": summary_path, "job": _job_id(result)}
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(summary_path) as handle:
@@ -141,6 +141,14 @@ def run(argv: Sequence[str] | None = None) -> dict:
     summary["metrics"] = _metrics(result)
     publish_atomically({summary_path: summary_json(summary)})
     return summary
+
+
+def _job_id(result) -> str | None:
+    """The runner's id of a submitted job (Dataflow's), or None when the runner has none."""
+    try:
+        return str(result.job_id())
+    except Exception:  # noqa: BLE001 - a runner without job ids
+        return None
 
 
 def _metrics(result) -> dict[str, int]:
@@ -194,7 +202,8 @@ def main(argv: Sequence[str] | None = None, verbosity: int | None = None) -> int
         if "grid_years" in summary:
             print(run_table(summary))
         else:
-            print(f"submitted; summary will be at {summary['summary']}")
+            job = f" job {summary['job']}" if summary.get("job") else ""
+            print(f"submitted{job}; summary will be at {summary['summary']}")
     return 0
 
 

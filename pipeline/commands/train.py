@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "train"
+USES_TENSORFLOW = True  # pipeline.cli loads it with its start-up chatter filtered
 HELP = (
     "train the U-Net on Earth Engine training-patch TFRecords (tf.Transform preprocessing, spatial "
     "validation split, resumable checkpoints) and export the serving model with its model card"
