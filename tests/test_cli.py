@@ -233,7 +233,7 @@ def test_every_help_states_every_default(prog):
     parser = run_option_parser() if prog.endswith("(pipeline options)") else COMMANDS[prog]
     parser.format_help()  # renders without error
     for flag, text in _help_lines(parser).items():
-        assert "default" in text.lower() or text.endswith("(required)"), f"{prog} {flag}: {text!r}"
+        assert "default" in text.lower() or text.endswith("required)"), f"{prog} {flag}: {text!r}"
 
 
 def test_help_defaults_are_the_real_ones(capsys):
