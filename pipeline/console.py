@@ -72,6 +72,21 @@ def import_tensorflow_quietly(verbosity: int | None = None) -> None:
         print("\n".join(kept), file=sys.stderr, flush=True)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of the record (a test's capture, a redirection)."""
+
+    def __init__(self):
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not any(text in str(record.msg) for text in NOISE)
@@ -96,7 +111,7 @@ def configure_logging(verbosity: int = NORMAL) -> None:
     for handler in list(root.handlers):
         if getattr(handler, "_mining_mapper", False):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler._mining_mapper = True
     if verbosity >= VERBOSE:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

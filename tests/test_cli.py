@@ -367,3 +367,18 @@ def test_a_local_run_prints_progress_and_a_table_and_nothing_else(tmp_path):
     assert out[:3] == ["written      3/3", "skipped      0/3", "failed       0/3"]
     assert out[3].startswith("mining 2000  ") and out[4].startswith("mining 2002  ")
     assert out[5:] == [f"COGs         {tmp_path}/out/{{grid}}/{{grid}}_{{year}}.tif", f"summary      {tmp_path}/out/summary.json"]
+
+
+def test_run_prints_its_table_unless_quiet(monkeypatch, capsys):
+    summary = {"output": "/o", "counts": {"written": 1}, "grid_years": [
+        {"grid": "1", "year": 2000, "status": "written", "mining_ha": {"frequency": 2.0}}]}
+    monkeypatch.setattr(run_module, "run", lambda argv: summary)
+    assert run_module.main(["--exports", "e"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "written      1/1"
+    assert run_module.main(["--exports", "e", "-q"]) == 0
+    assert main(["-q", "run", "--exports", "e"]) == 0
+    assert capsys.readouterr() == ("", "")
+    monkeypatch.setattr(run_module, "run", lambda argv: {"summary": "gs://o/summary.json", "job": "2026-11-30_1"})
+    assert main(["run", "--runner", "DataflowRunner"]) == 0
+    assert capsys.readouterr().out == "submitted job 2026-11-30_1; summary will be at gs://o/summary.json\n"
+    configure_logging()
