@@ -5,16 +5,22 @@ from pipeline.console import quiet_native_logs
 
 quiet_native_logs()  # before anything can import TensorFlow: its C++ side reads the environment once
 
-import argparse  # noqa: E402
-import importlib  # noqa: E402
-import pkgutil  # noqa: E402
-import sys  # noqa: E402
-from types import ModuleType  # noqa: E402
+import argparse
+import importlib
+import pkgutil
+import sys
+from types import ModuleType
 
-from pipeline import __version__, commands  # noqa: E402
-from pipeline.console import configure_logging, import_tensorflow_quietly, verbosity_of  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
-from pipeline.flags import HelpFormatter, SuggestingParser, add_negations, long_options, unknown_message  # noqa: E402
+from pipeline import __version__, commands
+from pipeline.console import configure_logging, import_tensorflow_quietly, verbosity_of
+from pipeline.errors import UserError
+from pipeline.flags import (
+    HelpFormatter,
+    SuggestingParser,
+    add_negations,
+    long_options,
+    unknown_message,
+)
 
 SPELLING_NOTE = ("Every flag may be spelled with hyphens or underscores (--min-component-size = --min_component_size); "
                  "every switch --x has a --no-x form.")
