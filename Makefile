@@ -26,7 +26,7 @@ demo: setup
 	$(BIN)/mining-mapper train $(DEMO_OUT)/sample/training --output $(DEMO_OUT)/model \
 	    --base-filters 8 --depth 3 --epochs 25 --learning-rate 0.002 --batch-size 8 --seed 0 --restart
 	$(BIN)/mining-mapper run --exports $(DEMO_OUT)/sample/exports --model $(DEMO_OUT)/model/model \
-	    --output $(DEMO_OUT)/run --probability_band true --origin_band true
+	    --output $(DEMO_OUT)/run --probability-band --origin-band
 	$(BIN)/mining-mapper report $(DEMO_OUT)/run --output $(DEMO_OUT)/report
 	@echo "COGs:    $(DEMO_OUT)/run/{grid}/{grid}_{year}.tif"
 	@echo "summary: $(DEMO_OUT)/run/summary.json"

@@ -238,7 +238,7 @@ def check_example(example, spec: PatchSpec, where: str, check_label_values: bool
     if missing:
         raise UserError(
             f"{where}: missing band(s) {', '.join(missing)} of the preset ({', '.join(spec.bands)}); "
-            f"the record has: {', '.join(present)} (wrong --preset?)"
+            f"the record has: {', '.join(present)} (wrong --band-preset?)"
         )
     dtypes: dict[str, str] = {}
     for name in (*spec.bands, spec.label):

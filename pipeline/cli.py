@@ -1,15 +1,29 @@
 """The `mining-mapper` command: one subcommand per module of `pipeline.commands`."""
 from __future__ import annotations
 
+from pipeline.console import quiet_native_logs
+
+quiet_native_logs()  # before anything can import TensorFlow: its C++ side reads the environment once
+
 import argparse
 import importlib
-import logging
 import pkgutil
 import sys
 from types import ModuleType
 
 from pipeline import __version__, commands
+from pipeline.console import configure_logging, import_tensorflow_quietly, verbosity_of
 from pipeline.errors import UserError
+from pipeline.flags import (
+    HelpFormatter,
+    SuggestingParser,
+    add_negations,
+    long_options,
+    unknown_message,
+)
+
+SPELLING_NOTE = ("Every flag may be spelled with hyphens or underscores (--min-component-size = --min_component_size); "
+                 "every switch --x has a --no-x form.")
 
 
 def discover_commands() -> list[ModuleType]:
@@ -23,35 +37,73 @@ def discover_commands() -> list[ModuleType]:
     return sorted(found, key=lambda m: m.NAME)
 
 
+def add_verbosity_flags(parser: argparse.ArgumentParser, top_level: bool = False) -> None:
+    """-v / -q on a parser; on a subcommand they default to 'not given', so they never undo the global ones."""
+    default = False if top_level else argparse.SUPPRESS
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="show everything: libraries' INFO lines, ours at DEBUG, with timestamps (default: off)")
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="print errors only (default: off)")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of a parser's subcommands (one level)."""
+    return [sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for sub in action.choices.values()]
+
+
+def _finish(parser: argparse.ArgumentParser) -> None:
+    """Defaults in every --help, `--no-` forms of switches and -v/-q on every (nested) subcommand parser."""
+    for sub in _subparsers(parser):
+        sub.formatter_class = HelpFormatter
+        add_negations(sub)
+        add_verbosity_flags(sub)
+        _finish(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with one subparser per discovered command."""
-    parser = argparse.ArgumentParser(
+    parser = SuggestingParser(
         prog="mining-mapper",
         description="Map mining from annual Landsat mosaics: the MapBiomas Collection 9 method.",
+        epilog=SPELLING_NOTE,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add_verbosity_flags(parser, top_level=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in discover_commands():
         command_parser = sub.add_parser(
-            module.NAME, help=module.HELP, description=module.HELP, add_help=getattr(module, "ADD_HELP", True)
+            module.NAME, help=module.HELP, description=module.HELP, epilog=SPELLING_NOTE,
+            add_help=getattr(module, "ADD_HELP", True), formatter_class=HelpFormatter,
         )
         module.configure(command_parser)
         command_parser.set_defaults(_run=module.run)
+    _finish(parser)
+    return parser
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command that ran (for its flags, when naming the closest one)."""
+    for sub in _subparsers(parser):
+        if sub.prog.split()[-1] == args.command:
+            return sub
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one subcommand; user errors exit 2 with a one-line message."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if extra and not getattr(args, "_accepts_extra", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        command = _command_parser(parser, args)
+        known = long_options(command) + [o for sub in _subparsers(command) for o in long_options(sub)]
+        command.error(unknown_message(extra, known))
     args._extra = extra
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbosity_of(args.verbose, args.quiet))
+    if getattr(sys.modules[args._run.__module__], "USES_TENSORFLOW", False):
+        import_tensorflow_quietly()
     try:
         return int(args._run(args) or 0)
     except UserError as error:

@@ -13,7 +13,7 @@
       │ SpatialFrequencyTiles: each tile joined with the HaloStrips its neighbours send it (TileKey)
       └─► (GridYearKey, YearTile)          one tile of one year after every filter
       │ WriteGridYears (transforms/write.py): joined per GridYearKey with geometry, missing, dead letters
-      └─► GridYearStatus (pipeline/io/summary.py)   written / skipped / failed, with areas
+      └─► GridYearStatus                   written / skipped / failed, with areas (into summary.json)
 
 Every key is built here, by the constructors below (`ExportPatch.key`, `ClassifiedPatch.key`,
 `TileKey.of`, `GridYearKey.of`). Keys are NamedTuples of str and int with a deterministic Beam coder
@@ -22,8 +22,9 @@ each (registered at import), so GroupByKey and CoGroupByKey group them the same 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
-from typing import NamedTuple
+from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from apache_beam import coders
@@ -257,13 +258,13 @@ class DeadLetter:
     record: int | None
     reason: str
 
-    def as_dict(self) -> dict:
-        """The dead-letter line: {grid, year, file, record, reason}."""
+    def to_record(self) -> dict:
+        """The dead-letter line: {grid, year, file, record, reason} (not `as_dict`: Beam would infer a schema row)."""
         return {"grid": self.grid, "year": self.year, "file": self.file, "record": self.record, "reason": self.reason}
 
     def to_json(self) -> str:
         """The dead-letter line as one line of JSON (dead_letter.jsonl)."""
-        return json.dumps(self.as_dict())
+        return json.dumps(self.to_record())
 
 
 @dataclass(frozen=True)
@@ -281,7 +282,7 @@ ReadEvent = ExportPatch | ExportGeometry | DeadLetter | MissingExport
 # Inference and filters
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClassifiedPatch:
     """One patch after inference: classes 0 / 1 / 255 and the probability as uint8 (p × 255)."""
 
@@ -304,7 +305,7 @@ class ClassifiedPatch:
         return cls(patch.grid, patch.year, patch.index, patch.row, patch.col, classes, probability)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TileSeries:
     """One tile across the run's years, after some stages of the filter chain."""
 
@@ -318,7 +319,7 @@ class TileSeries:
     mining_rows: dict[str, np.ndarray]
 
 
-@dataclass
+@dataclass(frozen=True)
 class HaloStrip:
     """Pixels of one tile sent to a neighbour so that its spatial filter sees across the edge."""
 
@@ -329,7 +330,7 @@ class HaloStrip:
     classes: np.ndarray
 
 
-@dataclass
+@dataclass(frozen=True)
 class YearTile:
     """One tile of one year, ready to be placed into its (grid, year) raster."""
 
@@ -341,3 +342,41 @@ class YearTile:
     origin: np.ndarray | None
     probability: np.ndarray | None
     mining_rows: dict[str, np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Write: what became of each (grid, year)
+
+Status = Literal["written", "skipped", "failed"]
+STATUSES: tuple[str, ...] = ("written", "skipped", "failed")
+
+
+@dataclass(frozen=True)
+class GridYearStatus:
+    """What became of one (grid, year): written (with its output and areas), skipped or failed (with why)."""
+
+    grid: str
+    year: int
+    status: Status
+    reason: str | None = None
+    path: str | None = None
+    mining_pixels: dict[str, int] | None = None
+    mining_ha: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GridYearStatus":
+        """A status from its JSON object (unknown keys refused, so a schema change cannot pass silently)."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))} in a grid-year status")
+        return cls(**{**data, "grid": str(data["grid"]), "year": int(data["year"])})
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSON object, without the fields that do not apply (not `as_dict`: Beam would infer a schema row)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+

@@ -10,6 +10,7 @@ from pipeline.config import ModelRoute, RunConfig
 from pipeline.errors import UserError
 from pipeline.contract import BAND_PRESETS
 from pipeline.method.filters import MODES, FilterParams
+from pipeline.flags import SwitchAction
 from pipeline.ranges import parse_int_list
 
 SPATIAL_FILTER_PLACES = ("local", "earthengine", "off")
@@ -20,11 +21,11 @@ class MiningMapperOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--exports", help="root of the Earth Engine exports, {exports}/{grid}/{year}/ (local path or gs://)")
-        parser.add_argument("--output", help="where the COGs and the run summary go (local path or gs://)")
+        parser.add_argument("--exports", help="root of the Earth Engine exports, {exports}/{grid}/{year}/ (local path or gs://; required)")
+        parser.add_argument("--output", help="where the COGs and the run summary go (local path or gs://; required)")
         parser.add_argument("--grids", default="", help="grid ids: a comma list with ranges, e.g. 1010,1200-1210 (default: all under --exports)")
         parser.add_argument("--years", default="", help="years: a comma list with ranges, e.g. 1985-2023 (default: all under --exports)")
-        parser.add_argument("--model", help="the national model: a serving model exported by `mining-mapper train` (local path or gs://)")
+        parser.add_argument("--model", help="the national model: a serving model exported by `mining-mapper train`, or a .keras file (local path or gs://; required)")
         parser.add_argument("--model_routing", default="", help="JSON file mapping model paths to grid ids, for state models: {\"models\": [{\"path\": ..., \"grids\": [..]}]}")
         parser.add_argument("--band_preset", default="appendix", choices=sorted(BAND_PRESETS), help="the model's input bands, in order (DESIGN.md §1.2)")
         parser.add_argument("--threshold", type=float, default=0.5, help="probability at or above which a pixel is mining")
@@ -40,9 +41,9 @@ class MiningMapperOptions(PipelineOptions):
         parser.add_argument("--min_batch_size", type=int, default=1, help="inference: smallest batch of patches")
         parser.add_argument("--max_batch_size", type=int, default=16, help="inference: largest batch of patches")
         parser.add_argument("--export_nodata", default="-9999", help="comma list of values that mark masked pixels in the exports (besides NaN and a 0 in the first band)")
-        parser.add_argument("--probability_band", default="false", choices=["true", "false"], help="add the probability (p × 255) as a band of each COG")
-        parser.add_argument("--origin_band", default="false", choices=["true", "false"], help="add the gap-fill origin year (year − 1900) as a band of each COG")
-        parser.add_argument("--require_gpu", default="false", choices=["true", "false"], help="fail at start-up when no GPU is visible to TensorFlow")
+        parser.add_argument("--probability_band", action=SwitchAction, help="add the probability (p × 255) as a band of each COG")
+        parser.add_argument("--origin_band", action=SwitchAction, help="add the gap-fill origin year (year − 1900) as a band of each COG")
+        parser.add_argument("--require_gpu", action=SwitchAction, help="fail at start-up when no GPU is visible to TensorFlow")
 
 
 def load_routes(national: str | None, routing_file: str) -> tuple[ModelRoute, ...]:

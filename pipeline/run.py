@@ -1,10 +1,10 @@
-"""The mining pipeline: Earth Engine TFRecord exports → batched U-Net inference → filters → COGs.
+"""The launcher of the mining pipeline: options → config → pipeline → wait → summary.
 
     python -m pipeline.run --exports DIR --model MODEL --output DIR [--grids …] [--years …] [Beam flags]
 
-Runs on the FnApiRunner locally (the default here; `--runner DirectRunner` is mapped to it, because
-Beam's DirectRunner first tries the Prism runner, which downloads a binary) and on Dataflow
-unchanged with `--runner DataflowRunner` and its options.
+The job itself is `transforms.job.MiningMapperJob`. Runs on the FnApiRunner locally (the default here;
+`--runner DirectRunner` is mapped to it, because Beam's DirectRunner first tries the Prism runner, which
+downloads a binary) and on Dataflow unchanged with `--runner DataflowRunner` and its options.
 """
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from collections.abc import Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
-from pipeline.errors import UserError
 from model.gpu import check_gpu
+from pipeline.console import QUIET, configure_logging, import_tensorflow_quietly, run_table, verbosity_of
+from pipeline.errors import UserError
+from pipeline.flags import HelpFormatter, check_run_argv
 from pipeline.io.filesystem import publish_atomically, read_bytes
 from pipeline.io.summary import RunSummary, command_line, now_utc
+from pipeline.modelcheck import check_models
 from pipeline.options import MiningMapperOptions, build_config
 from transforms.job import MiningMapperJob, summary_path
 from transforms.metrics import NAMESPACE
@@ -27,13 +30,20 @@ LOCAL_RUNNERS = (None, "", "DirectRunner", "FnApiRunner", "SwitchingDirectRunner
 
 
 def run(argv: Sequence[str] | None = None) -> dict:
-    """Validate the options, run the pipeline, wait, and return the summary as a dict (local runs)."""
-    options = PipelineOptions(list(argv) if argv is not None else sys.argv[1:])
+    """Validate the options, run the pipeline, wait, and return the summary as a dict (local runs).
+
+    Unknown flags and stray values are refused first (`pipeline.flags.check_run_argv`); the GPU (local
+    runs) and every model location are checked before anything is read.
+    """
+    arguments = check_run_argv(list(argv) if argv is not None else sys.argv[1:])
+    options = PipelineOptions(arguments)
     standard = options.view_as(StandardOptions)
     local = standard.runner in LOCAL_RUNNERS
     if local:  # inference runs in this process: check before reading anything
+        import_tensorflow_quietly()
         check_gpu(options.view_as(MiningMapperOptions).require_gpu == "true")
     config = build_config(options)
+    check_models(config.routes)
     runner = None
     if local:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -41,18 +51,27 @@ def run(argv: Sequence[str] | None = None) -> dict:
         runner = FnApiRunner()
     else:
         options.view_as(SetupOptions).save_main_session = False
-    logging.info("running %d grid(s) × %d year(s) on %s", len(config.grids), len(config.years), standard.runner or "FnApiRunner")
-    started, arguments = now_utc(), command_line() if argv is None else ["mining-mapper", "run", *argv]
+    logging.getLogger(__name__).info("running %d grid(s) × %d year(s) on %s", len(config.grids), len(config.years), standard.runner or "FnApiRunner")
+    started = now_utc()
+    recorded = command_line() if argv is None else ["mining-mapper", "run", *arguments]
     with beam.Pipeline(runner=runner, options=options) as pipeline:
-        _ = pipeline | "Mining mapper" >> MiningMapperJob(config=config, started=started, command_line=arguments)
+        _ = pipeline | "Mining mapper" >> MiningMapperJob(config=config, started=started, command_line=recorded)
     result = pipeline.result
     path = summary_path(config)
     if runner is None:
-        return {"summary": path}
+        return {"summary": path, "job": _job_id(result)}
     summary = RunSummary.from_json(read_bytes(path), path)
     summary.metrics = _metrics(result)
     publish_atomically({path: summary.to_json()})
     return summary.as_dict()
+
+
+def _job_id(result) -> str | None:
+    """The runner's id of a submitted job (Dataflow's), or None when the runner has none."""
+    try:
+        return str(result.job_id())
+    except Exception:  # noqa: BLE001 - a runner without job ids
+        return None
 
 
 def _metrics(result) -> dict[str, int]:
@@ -71,30 +90,43 @@ def print_help() -> None:
     parser = argparse.ArgumentParser(
         prog="mining-mapper run",
         description="Earth Engine TFRecord exports → U-Net inference → post-classification filters → COGs.",
-        epilog="Beam's own flags pass through: --runner DataflowRunner --project … --region … --temp_location …",
+        epilog="Beam's own flags pass through: --runner DataflowRunner --project … --region … --temp_location …; "
+               "any other flag is refused. Every flag may be spelled with hyphens or underscores "
+               "(--band-preset = --band_preset); true/false flags are switches too (--origin-band, --no-origin-band).",
+        formatter_class=HelpFormatter,
     )
     MiningMapperOptions._add_argparse_args(parser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show everything: Beam's INFO lines, ours at DEBUG")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print errors only")
     parser.print_help()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m pipeline.run` and `mining-mapper run`: prints where the outputs are."""
+def main(argv: Sequence[str] | None = None, verbosity: int | None = None) -> int:
+    """Entry point of `python -m pipeline.run` and `mining-mapper run`: ends with the run's table.
+
+    -v / -q may come anywhere in `argv` (they are not pipeline options); `verbosity` is the one the
+    `mining-mapper` command already parsed.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         print_help()
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    flags = {"-v", "--verbose", "-q", "--quiet"}
+    if verbosity is None or flags & set(argv):
+        verbosity = verbosity_of(bool({"-v", "--verbose"} & set(argv)), bool({"-q", "--quiet"} & set(argv)))
+    argv = [arg for arg in argv if arg not in flags]
+    configure_logging(verbosity)
     try:
         summary = run(argv)
     except UserError as error:
         print(f"mining-mapper run: error: {error}", file=sys.stderr)
         return 2
-    if "grid_years" in summary:
-        counts = summary.get("counts", {})
-        print(f"COGs: {summary['output']}/{{grid}}/{{grid}}_{{year}}.tif  ({counts})")
-        print(f"summary: {summary['output']}/summary.json")
-    else:
-        print(f"submitted; summary will be at {summary['summary']}")
+    if verbosity > QUIET:
+        if "grid_years" in summary:
+            print(run_table(summary))
+        else:
+            job = f" job {summary['job']}" if summary.get("job") else ""
+            print(f"submitted{job}; summary will be at {summary['summary']}")
     return 0
 
 

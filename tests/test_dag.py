@@ -68,7 +68,7 @@ def test_scheduled_run_processes_the_whole_series_up_to_last_year():
     assert plan["collection"] == "projects/my-project/assets/mining/mining_c2024"
     assert plan["export_args"] == [
         "export", "--exports", "gs://my-bucket/exports", "--years", "1985-2024", "--grids", "1010,1200-1202",
-        "--preset", "appendix", "--wait", "--poll-seconds", "60", "--wait-timeout", str(48 * 3600),
+        "--band-preset", "appendix", "--wait", "--poll-seconds", "60", "--wait-timeout", str(48 * 3600),
         "--project", "my-project",
     ]
     assert plan["ingest_args"] == [
@@ -137,7 +137,7 @@ def test_cpu_workers_and_earth_engine_post_steps():
     assert args[:2] == ["ee-poststeps", "--collection"]
     assert args[args.index("--steps") + 1] == "spatial,prevalence,class-id"
     assert args[args.index("--dest") + 1] == "projects/my-project/assets/mining/mining_c2024_post"
-    assert args[args.index("--landcover") + 1] == "projects/mapbiomas/lulc"
+    assert args[args.index("--land-cover") + 1] == "projects/mapbiomas/lulc"
 
 
 def test_ids_expand_and_compact_round_trip():

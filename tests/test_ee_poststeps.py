@@ -217,8 +217,8 @@ class PostStepGraphTest(apitestcase.ApiTestCase):
         out = self.tmp / "post.json"
         code = main(["ee-poststeps", "--collection", COLLECTION, "--years", "2019-2020", "--steps",
                      "spatial,prevalence,class-id", "--dest", "projects/my-project/assets/mining/post", "--grids", "1200",
-                     "--landcover", "projects/mapbiomas-public/assets/lulc", "--occurrences",
-                     "projects/my-project/assets/sigmine", "--mode", "c9-code", "--dry-run", "--out", str(out)])
+                     "--land-cover", "projects/mapbiomas-public/assets/lulc", "--occurrences",
+                     "projects/my-project/assets/sigmine", "--filter-mode", "c9-code", "--dry-run", "--out", str(out)])
         self.assertEqual(code, 0)
         written = json.loads(out.read_text())
         self.assertEqual([(t["step"], t["year"]) for t in written],

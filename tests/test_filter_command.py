@@ -85,7 +85,7 @@ def test_real_series_areas_csv_uses_true_pixel_areas(lourenco_run):
 
 def test_c9_mode_and_parameters_reach_the_outputs(lourenco_run, tmp_path):
     source, _ = lourenco_run
-    assert main(["filter", str(source), "--years", "2000-2005", "--mode", "c9-code", "--min-component-size", "20",
+    assert main(["filter", str(source), "--years", "2000-2005", "--filter-mode", "c9-code", "--min-component-size", "20",
                  "--output", str(tmp_path), "--quiet"]) == 0
     assert sorted(p for p in os.listdir(tmp_path) if p.endswith(".tif")) == [f"mining_{y}.tif" for y in range(2000, 2006)]
     with rasterio.open(tmp_path / "mining_2002.tif") as cog:

@@ -69,7 +69,7 @@ def test_wrong_bands_is_a_clear_error_naming_the_missing_bands(tmp_path):
     features = _good_features()
     del features["ndsi"]
     features["green"] = np.zeros(P * P)
-    _expect_error(tmp_path, features, r"missing band\(s\) ndsi of the preset.*wrong --preset")
+    _expect_error(tmp_path, features, r"missing band\(s\) ndsi of the preset.*wrong --band-preset")
 
 
 def test_wrong_patch_size_is_a_clear_error_suggesting_the_size(tmp_path):

@@ -267,7 +267,7 @@ def test_block_split_c9_code_run_validates_on_its_blocks(tmp_path):
         lonlat = {"lon": rng.uniform(-60, -50, 6).astype(np.float32), "lat": rng.uniform(-10, 0, 6).astype(np.float32)}
         write_patches(str(tmp_path / "data" / f"f{f}.tfrecord.gz"), images, labels, bands, extra=lonlat)
     run = tmp_path / "run"
-    args = ["train", str(tmp_path / "data"), "--output", str(run), "--epochs", "1", *TINY, "--preset", "c9-code",
+    args = ["train", str(tmp_path / "data"), "--output", str(run), "--epochs", "1", *TINY, "--band-preset", "c9-code",
             "--normalization", "c9-code", "--split", "block", "--block-size", "3", "--val-fraction", "0.3",
             "--loss", "bce+dice"]
     assert main(args) == 0

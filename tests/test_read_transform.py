@@ -67,7 +67,7 @@ def test_servir_export_through_the_transform(tmp_path):
     patches = out["patches"] | "Summary" >> beam.Map(lambda kv: (kv[0], kv[1].bands.shape, int(kv[1].observed.sum())))
     assert_that(patches, equal_to([(("servir", 2021, 0), (256, 256, 8), 256 * 256)]), label="Patches")
     assert_that(out["geometry"], check(georeferenced, "servir georeference"), label="Geometry")
-    assert_that((out["dead_letter"] | "Dead letter lines" >> beam.Map(lambda kv: kv[1].as_dict())), equal_to([]), label="NoDeadLetters")
+    assert_that((out["dead_letter"] | "Dead letter lines" >> beam.Map(lambda kv: kv[1].to_record())), equal_to([]), label="NoDeadLetters")
     assert_that(out["missing"] | beam.Map(lambda kv: (kv[0], "no such export folder" in kv[1].reason)),
                 equal_to([(("servir", 2022), True)]), label="Missing")
     p.run().wait_until_finish()
@@ -136,7 +136,7 @@ def test_bad_inputs_and_metrics(tmp_path):
             not any(d["grid"] in ("g1", "g4") for d in items),
         ])
 
-    assert_that((out["dead_letter"] | "Dead letter lines" >> beam.Map(lambda kv: kv[1].as_dict())), check(dead_letters_ok, "dead letters"), label="DeadLetters")
+    assert_that((out["dead_letter"] | "Dead letter lines" >> beam.Map(lambda kv: kv[1].to_record())), check(dead_letters_ok, "dead letters"), label="DeadLetters")
     assert_that(out["missing"] | beam.Map(lambda kv: (kv[0], "no mixer" in kv[1].reason or "no such export folder" in kv[1].reason)),
                 equal_to([(("g1", 2001), True), (("g4", 2000), True)]), label="Missing")
     assert_that(out["geometry"] | beam.Map(lambda kv: (kv[0], kv[1].kernel, kv[1].total_patches)),
@@ -180,7 +180,7 @@ def test_generated_sample_matches_its_truth(tmp_path):
     transforms = {g["grid"]: tuple(g["transform"]) for g in manifest["grids"]}
     assert_that(out["geometry"] | beam.Map(lambda kv: (kv[0], kv[1].transform == transforms[kv[0][0]], kv[1].kernel)),
                 equal_to([(gy, True, 16) for gy in grid_years]), label="Geometry")
-    assert_that((out["dead_letter"] | "Dead letter lines" >> beam.Map(lambda kv: kv[1].as_dict())), equal_to([]), label="NoDeadLetters")
+    assert_that((out["dead_letter"] | "Dead letter lines" >> beam.Map(lambda kv: kv[1].to_record())), equal_to([]), label="NoDeadLetters")
     p.run().wait_until_finish()
     masked = manifest["fully_masked_patch"]
     truth = np.load(tmp_path / "truth" / masked["grid"] / f"{masked['year']}_classes.npy")
@@ -232,7 +232,7 @@ def test_gs_paths_through_the_storage_emulator(tmp_path):
         assert_that(out["patches"] | beam.Map(lambda kv: kv[0][1:]),
                     check(lambda keys: {(2011, 0), (2011, 1), (2011, 2), (2011, 3), (2012, 2), (2012, 3)} <= set(keys),
                           "patches read from gs://"), label="Keys")
-        assert_that((out["dead_letter"] | "Dead letter lines" >> beam.Map(lambda kv: kv[1].as_dict())) | beam.Map(lambda d: (d["file"], d["record"] is None)),
+        assert_that((out["dead_letter"] | "Dead letter lines" >> beam.Map(lambda kv: kv[1].to_record())) | beam.Map(lambda d: (d["file"], d["record"] is None)),
                     check(lambda items: all(f.endswith("1137_2012-00000.tfrecord.gz") for f, _ in items) and items,
                           "dead letters only for the corrupt shard"), label="Dead")
         p.run().wait_until_finish()

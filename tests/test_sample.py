@@ -113,7 +113,7 @@ def test_spec_validation():
         (S.SampleSpec(patch_size=60), "multiple of 16"),
         (S.SampleSpec(kernel=3), "even"),
         (S.SampleSpec(patch_size=32, kernel=8), "multiple of 16 pixels"),
-        (S.SampleSpec(preset="rgb"), "--preset 'rgb'"),
+        (S.SampleSpec(preset="rgb"), "--band-preset 'rgb'"),
         (S.SampleSpec(years=(2000, 1990)), "--years"),
         (S.SampleSpec(grids=5, training_grids=2), "at most 6 sites"),
         (S.SampleSpec(grid_ids=(9999,)), "outside 1..2601"),
@@ -292,8 +292,8 @@ def test_sample_command(tmp_path, capsys):
         (["--output", str(tmp_path / "other")], "holds no sample.json"),
         (["--output", str(tmp_path / "x"), "--patches", "2by2"], "--patches '2by2'"),
         (["--output", str(tmp_path / "x"), "--years", "twenty"], "--years 'twenty'"),
-        (["--output", str(tmp_path / "x"), "--preset", "rgb"], "--preset 'rgb'"),
-        (["--output", str(tmp_path / "x"), "--grid-ids", "1137,a"], "--grid-ids"),
+        (["--output", str(tmp_path / "x"), "--band-preset", "rgb"], "--band-preset 'rgb'"),
+        (["--output", str(tmp_path / "x"), "--grids", "1137,a"], "--grids"),
     ]:
         assert main(["sample", *bad, "--quiet"]) == 2
         assert message in capsys.readouterr().err

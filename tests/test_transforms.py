@@ -11,7 +11,8 @@ import apache_beam as beam
 
 from pipeline.config import ModelRoute
 from pipeline.elements import ClassifiedPatch, DeadLetter, ExportGeometry, ExportPatch, GridYearKey, MissingExport, PatchKey
-from pipeline.io.summary import GridYearStatus, account
+from pipeline.elements import GridYearStatus
+from pipeline.io.summary import account
 from pipeline.method.filters import FilterParams, apply_chain
 from tests.support.config import run_config
 from transforms.filtering import FilterTiles

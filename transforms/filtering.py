@@ -14,7 +14,7 @@ from apache_beam import typehints
 from apache_beam.metrics import Metrics
 
 from pipeline.method.filters import FilterParams
-from pipeline.elements import ClassifiedPatch, HaloStrip, TileKey, TileSeries
+from pipeline.elements import ClassifiedPatch, GridYearKey, HaloStrip, TileKey, TileSeries, YearTile
 from pipeline.method.tiles import halo_strips, spatial_frequency_tile, split_years, stack_tile_years, temporal_filter_tile
 from transforms.metrics import NAMESPACE
 
@@ -114,7 +114,9 @@ class SpatialFrequencyTiles(beam.PTransform):
         return (
             {_CORE: cores, _STRIP: strips}
             | "Join tile with halo" >> beam.CoGroupByKey()
-            | "Spatial and frequency" >> beam.ParDo(_SpatialFrequencyTile(params=self._params, spatial=self._spatial))
+            | "Spatial and frequency" >> beam.ParDo(_SpatialFrequencyTile(params=self._params, spatial=self._spatial)).with_output_types(
+                typehints.KV[GridYearKey, YearTile]
+            )
         )
 
 

@@ -13,9 +13,11 @@ from pipeline import __version__
 from pipeline.config import RunConfig
 from pipeline.elements import DeadLetter
 from pipeline.io.filesystem import absolute_uri, publish_atomically
-from pipeline.io.summary import GridYearStatus, RunSummary, account, now_utc
+from pipeline.elements import GridYearStatus
+from pipeline.io.summary import RunSummary, account, now_utc
 from transforms.filtering import FilterTiles
 from transforms.inference import ClassifyPatches
+from transforms.progress import LogProgress
 from transforms.read import DEAD_LETTER, GEOMETRY, MISSING, PATCHES, ReadEarthEngineExports
 from transforms.write import TILES, WriteGridYears
 
@@ -113,6 +115,7 @@ class MiningMapperJob(beam.PTransform):
             with_probability=config.probability_band,
             with_origin=config.origin_band,
         )
+        _ = statuses | "Progress" >> LogProgress(config.grid_years())
         dead_letters = read[DEAD_LETTER] | "Dead letters" >> beam.Values()
         (
             statuses

@@ -17,7 +17,7 @@ from apache_beam.metrics import Metrics
 from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
 from pipeline.io.cog import classification_bands, encode_cog
 from pipeline.io.filesystem import write_atomically
-from pipeline.io.summary import GridYearStatus
+from pipeline.elements import GridYearStatus
 from pipeline.method.tiles import assemble_year, mining_rows_of_raster
 from transforms.metrics import NAMESPACE
 
@@ -116,5 +116,5 @@ class WriteGridYears(beam.PTransform):
                     with_probability=self._with_probability,
                     with_origin=self._with_origin,
                 )
-            ).with_output_types(GridYearStatus)
+            )  # no output type: Beam would turn the GridYearStatus dataclass into a schema row
         )

@@ -19,7 +19,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--years", help="years to classify, START-END or a comma list (default: all)")
     parser.add_argument("--output", required=True, help="output folder (local or gs://)")
     parser.add_argument("--prefix", default="class_id", help="file prefix for a single-grid series: PREFIX_YEAR.tif")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
 def run(args: argparse.Namespace) -> int:

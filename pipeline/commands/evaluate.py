@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "evaluate"
+USES_TENSORFLOW = True  # pipeline.cli loads it with its start-up chatter filtered
 HELP = (
     "evaluate an exported model on labelled patches (default: its validation split): IoU, F1, precision, "
     "recall, confusion matrix, a threshold sweep that picks a threshold; results go into model_card.json"

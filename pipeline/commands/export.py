@@ -12,7 +12,7 @@ def configure(parser) -> None:
     parser.add_argument("--exports", required=True, metavar="gs://BUCKET/PATH", help="exports root: {exports}/{grid}/{year}/")
     parser.add_argument("--years", required=True, help="years, e.g. 1985-2023 or 2000,2010")
     options.add_grid_arguments(parser, required=False)
-    parser.add_argument("--preset", choices=["appendix", "c9-code"], default="appendix", help="band preset (default appendix)")
+    parser.add_argument("--band-preset", choices=["appendix", "c9-code"], default="appendix", help="band preset (default appendix)")
     parser.add_argument("--kernel", type=int, default=256, help="kernelSize K: records are (256+K)^2 (default 256)")
     parser.add_argument("--max-file-size", type=int, default=100 * 2**20, help="maxFileSize in bytes (default 100 MiB)")
     parser.add_argument("--priority", type=int, help="Earth Engine task priority (0-9999)")
@@ -38,7 +38,7 @@ def build_specs(args):
     years = options.parse_years(args.years)
     export_options = exports.ExportOptions(
         exports=args.exports,
-        preset=args.preset,
+        preset=args.band_preset,
         kernel=args.kernel,
         max_file_size=args.max_file_size,
         priority=args.priority,

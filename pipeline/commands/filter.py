@@ -19,11 +19,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-value", type=int, default=30, help="input value meaning mining; other valid values are not mining (default 30)")
     parser.add_argument("--nodata-value", type=float, action="append", default=[], help="extra input value meaning not observed (repeatable); the raster's own nodata always counts")
     parser.add_argument("--years", help="years to use, START-END or a comma list; all of them must be present")
-    parser.add_argument("--mode", choices=["appendix", "c9-code"], default="appendix", help="filter semantics (DESIGN.md §3)")
+    parser.add_argument("--filter-mode", choices=["appendix", "c9-code"], default="appendix", help="filter semantics (DESIGN.md §3)")
     parser.add_argument("--min-component-size", type=int, default=10, help="spatial filter: smaller 8-connected mining components are removed (default 10). "
                         "The committed C9 script (5-SpatialFilter.js) filters class 10, which never occurs in 0/30 maps, so as committed it "
                         "changes nothing; --min-component-size 1 (no component is smaller: the spatial filter off) reproduces it, "
-                        "while --mode c9-code filters class 30 as the script's own preview line does")
+                        "while --filter-mode c9-code filters class 30 as the script's own preview line does")
     parser.add_argument("--spatial-window", type=int, default=3, help="c9-code spatial filter: mode window size (default 3)")
     parser.add_argument("--backfill-limit", type=int, default=3, help="gap fill: how many years back an earlier observation may be taken (default 3)")
     parser.add_argument("--frequency-cut", type=float, default=10.0, help="frequency filter: percent of years under which mining is removed (default 10)")
@@ -31,7 +31,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--origin-band", action="store_true", help="add a second band with the gap-fill origin year (year − 1900; 255 none)")
     parser.add_argument("--grid", default=None, help="grid id recorded in the output tags")
     parser.add_argument("--prefix", default="mining", help="output file name prefix: PREFIX_YEAR.tif (default 'mining')")
-    parser.add_argument("--quiet", action="store_true", help="no progress messages")
 
 
 def _progress(quiet: bool):
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     say = _progress(args.quiet)
     started = now_utc()
     try:
-        params = FilterParams.from_arguments(args, mode=args.mode)
+        params = FilterParams.from_arguments(args, mode=args.filter_mode)
     except ValueError as error:
         raise UserError(str(error)) from None
 

@@ -13,14 +13,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("mining", nargs="+", help="annual mining maps (classification COGs: files, folders or patterns; local or gs://)")
     parser.add_argument("--land-cover", nargs="+", required=True, help="annual land-cover maps, one per year (year in the name or a 'year' tag)")
     parser.add_argument("--output", required=True, help="output folder (local or gs://)")
-    parser.add_argument("--mining-value", type=int, default=30, help="value meaning mining in the mining maps (default 30)")
+    parser.add_argument("--class-value", type=int, default=30, help="value meaning mining in the mining maps (default 30)")
     parser.add_argument("--prevalence", default=None, help="prevalence table JSON (default: pipeline/data/prevalence.json)")
     parser.add_argument("--reproject", action="store_true", help="resample a land-cover map that is on another grid onto the mining grid (nearest neighbour)")
     parser.add_argument("--nearest-land-cover-year", action="store_true", help="use the nearest land-cover year when a mining year has none")
     parser.add_argument("--years", help="years to integrate, START-END or a comma list (default: all mining years)")
     parser.add_argument("--prefix", default="integrated", help="file prefix for a single-grid series: PREFIX_YEAR.tif")
     parser.add_argument("--chunk-rows", type=int, default=512, help="rows processed at a time (default 512)")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for index, (ref, cover_path, cover_year) in enumerate(pairs.values(), start=1):
             path, change, writer = integrate_raster(
-                ref, cover_path, lookup, args.mining_value, args.reproject, args.chunk_rows,
+                ref, cover_path, lookup, args.class_value, args.reproject, args.chunk_rows,
                 tags={"land_cover_year": cover_year}, cache=cache,
             )
             writers.append(writer)

@@ -22,15 +22,15 @@ def configure(parser) -> None:
         "spatial filter (DESIGN §3)",
         "The committed C9 script (5-SpatialFilter.js) filters class 10, which never occurs in 0/30 maps, so as committed "
         "it changes nothing: leaving 'spatial' out of --steps (the run's --spatial_filter off) reproduces it; "
-        "--mode c9-code filters class 30, as the script's own preview line does.",
+        "--filter-mode c9-code filters class 30, as the script's own preview line does.",
     )
-    spatial.add_argument("--mode", choices=["appendix", "c9-code"], default="appendix", help="filter mode (default appendix)")
-    spatial.add_argument("--min-size", type=int, default=10, help="minimum component size in pixels (default 10)")
-    spatial.add_argument("--window", type=int, default=3, help="c9-code mode window (default 3)")
+    spatial.add_argument("--filter-mode", choices=["appendix", "c9-code"], default="appendix", help="filter mode (default appendix)")
+    spatial.add_argument("--min-component-size", type=int, default=10, help="minimum component size in pixels (default 10)")
+    spatial.add_argument("--spatial-window", type=int, default=3, help="c9-code mode window (default 3)")
     integration = parser.add_argument_group("prevalence integration (DESIGN §5)")
-    integration.add_argument("--landcover", help="land-cover image asset (one band per year)")
+    integration.add_argument("--land-cover", help="land-cover image asset (one band per year)")
     integration.add_argument(
-        "--landcover-band", default="classification_{year}", help="band name template (default classification_{year})"
+        "--land-cover-band", default="classification_{year}", help="band name template (default classification_{year})"
     )
     class_id = parser.add_argument_group("class_id (DESIGN §6)")
     class_id.add_argument("--occurrences", help="occurrence FeatureCollection asset (e.g. ANM SIGMINE)")
@@ -58,8 +58,8 @@ def build_tasks(args):
     unknown = [s for s in steps if s not in STEPS]
     if unknown or not steps:
         raise UserError(f"--steps {args.steps!r}: choose from {', '.join(STEPS)}")
-    if "prevalence" in steps and not args.landcover:
-        raise UserError("--steps prevalence needs --landcover ASSET")
+    if "prevalence" in steps and not args.land_cover:
+        raise UserError("--steps prevalence needs --land-cover ASSET")
     if "class-id" in steps and not args.occurrences:
         raise UserError("--steps class-id needs --occurrences ASSET")
     years = options.parse_years(args.years)
@@ -75,17 +75,17 @@ def build_tasks(args):
     tasks = []
     for year in years:
         # c9-code's spatial filter is literal: not observed (inside the year's images) votes as a value.
-        literal = "spatial" in steps and args.mode == "c9-code"
+        literal = "spatial" in steps and args.filter_mode == "c9-code"
         classification = poststeps.year_classification(
             args.collection, year, not_observed=poststeps.NOT_OBSERVED if literal else None
         )
         if "spatial" in steps:
-            classification = poststeps.spatial_filter(classification, args.mode, args.min_size, args.window)
+            classification = poststeps.spatial_filter(classification, args.filter_mode, args.min_component_size, args.spatial_window)
             tasks.append(poststeps.asset_export(
                 classification, "spatial", year, f"{dest}/spatial_{year}", region, overwrite=args.overwrite
             ))
         if "prevalence" in steps:
-            landcover = ee.Image(args.landcover).select(args.landcover_band.format(year=year))
+            landcover = ee.Image(args.land_cover).select(args.land_cover_band.format(year=year))
             integrated = poststeps.integrate_mining(classification, landcover, ranks)
             tasks.append(poststeps.asset_export(
                 integrated, "prevalence", year, f"{dest}/prevalence_{year}", region, overwrite=args.overwrite

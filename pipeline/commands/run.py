@@ -15,6 +15,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Hand the remaining command line to the pipeline."""
+    from pipeline.console import verbosity_of
     from pipeline.run import main
 
-    return main(args._extra)
+    return main(args._extra, verbosity_of(args.verbose, args.quiet))

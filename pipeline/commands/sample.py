@@ -15,9 +15,9 @@ HELP = (
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of the sample command (see pipeline.demo.sample.SampleSpec)."""
     parser.add_argument("--output", required=True, help="output folder (local path or gs://): exports/, training/, truth/, sample.json")
-    parser.add_argument("--preset", default="appendix", help="band preset: appendix (default) or c9-code")
-    parser.add_argument("--grids", type=int, default=2, help="number of sample grids, placed on real mining regions (default 2)")
-    parser.add_argument("--grid-ids", default=None, help="explicit Collection 9 grid ids for the sample (comma list) instead of --grids")
+    parser.add_argument("--band-preset", default="appendix", help="band preset: appendix (default) or c9-code")
+    parser.add_argument("--grid-count", type=int, default=2, help="number of sample grids, placed on real mining regions (default 2)")
+    parser.add_argument("--grids", default=None, help="explicit Collection 9 grid ids for the sample (comma list with ranges) instead of --grid-count")
     parser.add_argument("--years", default="1985-2023", help="START-END (default 1985-2023)")
     parser.add_argument("--patch-size", type=int, default=256, help="patch size P in pixels (default 256)")
     parser.add_argument("--kernel", type=int, default=32, help="kernel size K: records are (P + K) square (default 32)")
@@ -28,7 +28,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed writes the same bytes (default 0)")
     parser.add_argument("--compress-level", type=int, default=6, help="gzip level of the shards (default 6)")
     parser.add_argument("--overwrite", action="store_true", help="replace a sample already in --output")
-    parser.add_argument("--quiet", action="store_true", help="no progress messages")
 
 
 def _parse_years(text: str) -> tuple[int, int]:
@@ -59,7 +58,7 @@ def _parse_patches(text: str) -> tuple[int, int]:
 def _parse_ids(text: str | None) -> tuple[int, ...]:
     from pipeline.ranges import parse_int_list
 
-    return tuple(parse_int_list(text, "grid-ids"))
+    return tuple(parse_int_list(text, "grids"))
 
 
 def _prepare_output(output: str, overwrite: bool) -> None:
@@ -89,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.demo.sample import SampleSpec, generate_sample
 
     spec = SampleSpec(
-        preset=args.preset,
-        grids=args.grids,
+        preset=args.band_preset,
+        grids=args.grid_count,
         years=_parse_years(args.years),
         patch_size=args.patch_size,
         kernel=args.kernel,
@@ -99,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         training_grids=args.training_grids,
         training_year_step=args.training_year_step,
-        grid_ids=_parse_ids(args.grid_ids),
+        grid_ids=_parse_ids(args.grids),
         compress_level=args.compress_level,
     )
     spec.validate()

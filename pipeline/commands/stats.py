@@ -23,7 +23,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nodata-value", type=float, action="append", default=[], help="extra value meaning not observed (repeatable)")
     parser.add_argument("--years", help="years to measure, START-END or a comma list (default: all found)")
     parser.add_argument("--chunk-rows", type=int, default=512, help="rows read at a time (bounds memory; default 512)")
-    parser.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
 def run(args: argparse.Namespace) -> int:

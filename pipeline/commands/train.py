@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "train"
+USES_TENSORFLOW = True  # pipeline.cli loads it with its start-up chatter filtered
 HELP = (
     "train the U-Net on Earth Engine training-patch TFRecords (tf.Transform preprocessing, spatial "
     "validation split, resumable checkpoints) and export the serving model with its model card"
@@ -17,7 +18,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", nargs="+", help="training TFRecord files, folders ({root}/{grid}/...) or globs")
     parser.add_argument("--output", "-o", required=True, help="run folder: transform, checkpoints, state, model/")
     g = parser.add_argument_group("bands and preprocessing")
-    g.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(BAND_PRESETS),
+    g.add_argument("--band-preset", default=DEFAULT_PRESET, choices=sorted(BAND_PRESETS),
                    help="band preset: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in BAND_PRESETS.items()))
     g.add_argument(
         "--normalization", default="zscore", choices=list(NORMALIZATIONS),
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from model.train import TrainConfig, train
 
     config = TrainConfig(
-        data=list(args.data), output=args.output, preset=args.preset, normalization=args.normalization,
+        data=list(args.data), output=args.output, preset=args.band_preset, normalization=args.normalization,
         patch_size=args.patch_size, base_filters=args.base_filters, depth=args.depth, dropout=args.dropout,
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
         optimizer=args.optimizer, loss=args.loss, seed=args.seed, checkpoint_every=args.checkpoint_every,

@@ -137,7 +137,7 @@ class SampleSpec:
     def validate(self) -> None:
         """UserError for options the pipeline could not use (sizes, years, counts)."""
         if self.preset not in BAND_PRESETS:
-            raise UserError(f"--preset {self.preset!r}: choose one of {', '.join(sorted(BAND_PRESETS))}")
+            raise UserError(f"--band-preset {self.preset!r}: choose one of {', '.join(sorted(BAND_PRESETS))}")
         start, end = self.years
         if not 1984 <= start <= end <= 2100:
             raise UserError(f"--years {start}-{end}: expected START-END with 1984 <= START <= END")
@@ -164,12 +164,12 @@ class SampleSpec:
                 raise UserError("--grid-ids: duplicate ids")
         else:
             if self.grids < 1:
-                raise UserError(f"--grids {self.grids}: must be >= 1")
+                raise UserError(f"--grid-count {self.grids}: must be >= 1")
         if self.training_grids < 0:
             raise UserError(f"--training-grids {self.training_grids}: must be >= 0")
         if self._site_count() > len(SITES):
             raise UserError(
-                f"--grids {self.grids} + --training-grids {self.training_grids}: at most {len(SITES)} sites "
+                f"--grid-count {self.grids} + --training-grids {self.training_grids}: at most {len(SITES)} sites "
                 f"in all (or name grids with --grid-ids)"
             )
         if not 0 <= self.compress_level <= 9:

@@ -13,51 +13,20 @@ import datetime as _dt
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pipeline import __version__
+from pipeline.elements import GridYearStatus
 from pipeline.errors import UserError
 
 FORMAT = "mining-mapper.run-summary/1"
 """The schema's name and version; a reader refuses any other."""
 
-Status = Literal["written", "skipped", "failed"]
-STATUSES: tuple[str, ...] = ("written", "skipped", "failed")
 
 
 def now_utc() -> str:
     """The current time as an ISO 8601 UTC timestamp (seconds)."""
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-@dataclasses.dataclass(frozen=True)
-class GridYearStatus:
-    """What became of one (grid, year): written (with its output and areas), skipped or failed (with why)."""
-
-    grid: str
-    year: int
-    status: Status
-    reason: str | None = None
-    path: str | None = None
-    mining_pixels: dict[str, int] | None = None
-    mining_ha: dict[str, float] | None = None
-
-    def __post_init__(self) -> None:
-        if self.status not in STATUSES:
-            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GridYearStatus":
-        """A status from its JSON object (unknown keys refused, so a schema change cannot pass silently)."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - fields
-        if unknown:
-            raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))} in a grid-year status")
-        return cls(**{**data, "grid": str(data["grid"]), "year": int(data["year"])})
-
-    def as_dict(self) -> dict[str, Any]:
-        """The JSON object, without the fields that do not apply."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclasses.dataclass
@@ -100,7 +69,7 @@ class RunSummary:
             "counts": self.counts,
             "dead_letters": self.dead_letters,
             "metrics": dict(self.metrics),
-            "grid_years": [entry.as_dict() for entry in self.grid_years],
+            "grid_years": [entry.to_record() for entry in self.grid_years],
         }
 
     def to_json(self) -> bytes:

@@ -193,7 +193,7 @@ def plan_run(config: Mapping[str, Any] | None, params: Mapping[str, Any], run_da
     wait = ["--wait", "--poll-seconds", str(int(config["poll_seconds"]))]
 
     export_args = ["export", "--exports", exports, "--years", year_text, "--grids", grids,
-                   "--preset", config["band_preset"], *wait,
+                   "--band-preset", config["band_preset"], *wait,
                    "--wait-timeout", str(int(float(config["export_timeout_hours"]) * 3600)), *access]
     bands = ["classification"] + (["probability"] if config["probability_band"] else []) + (
         ["origin"] if config["origin_band"] else [])
@@ -207,8 +207,8 @@ def plan_run(config: Mapping[str, Any] | None, params: Mapping[str, Any], run_da
     if steps:
         dest = str(config["poststeps_dest"] or f"{collection}_post").format(last_year=last_year)
         poststeps_args = ["ee-poststeps", "--collection", collection, "--years", year_text, "--grids", grids,
-                          "--steps", ",".join(steps), "--dest", dest, "--mode", config["filter_mode"]]
-        for key, flag in (("landcover", "--landcover"), ("occurrences", "--occurrences")):
+                          "--steps", ",".join(steps), "--dest", dest, "--filter-mode", config["filter_mode"]]
+        for key, flag in (("landcover", "--land-cover"), ("occurrences", "--occurrences")):
             if config[key]:
                 poststeps_args += [flag, str(config[key])]
         poststeps_args += ["--overwrite", *wait, *access]
