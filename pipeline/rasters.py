@@ -19,7 +19,7 @@ import rasterio
 from affine import Affine
 from rasterio.io import MemoryFile
 
-from pipeline import __version__
+from pipeline.products.cog import describe_cog
 from pipeline.errors import UserError
 from pipeline.filters import MINING, NOT_MINING, NOT_OBSERVED
 
@@ -212,13 +212,14 @@ def encode_cog(
     transform: Affine,
     tags: Mapping[str, str],
     descriptions: Sequence[str],
-    offsets: Sequence[float] | None = None,
     blocksize: int = 256,
     compress: str = "DEFLATE",
 ) -> bytes:
     """A Cloud-Optimized GeoTIFF (uint8, nodata 255, NEAREST overviews) of the bands, as bytes.
 
-    rasterio's COG driver stages the pixels itself and builds the COG layout on close.
+    rasterio's COG driver stages the pixels itself and builds the COG layout on close. `descriptions` are
+    the bands' short names; `pipeline.products.cog.describe_cog` writes what they mean (classes and colours,
+    scale, offset) and the tags.
     """
     with MemoryFile() as cog:
         with rasterio.open(
@@ -240,10 +241,7 @@ def encode_cog(
         ) as dst:
             for index, band in enumerate(bands, start=1):
                 dst.write(band.astype(np.uint8, copy=False), index)
-                dst.set_band_description(index, descriptions[index - 1])
-            if offsets is not None:
-                dst.offsets = tuple(offsets)
-            dst.update_tags(**{"software": "mining-mapper", "software_version": __version__, **{k: str(v) for k, v in tags.items()}})
+            describe_cog(dst, descriptions, tags)
         return cog.read()
 
 

@@ -63,18 +63,15 @@ class _WriteGridYear(beam.DoFn):
         height, width = geometry.height, geometry.width
         bands = [classes_to_output(rasters["classes"][:height, :width])]
         descriptions = ["mining_classification"]
-        offsets = [0.0]
         if self._with_probability:
             bands.append(rasters["probability"][:height, :width])
             descriptions.append("probability_x255")
-            offsets.append(0.0)
         if self._with_origin:
             bands.append(rasters["origin"][:height, :width])
             descriptions.append("gapfill_origin_year")
-            offsets.append(1900.0)
         tags = {**self._tags, "grid": grid, "year": str(year)}
         path = cog_path(self._output, grid, year)
-        write_atomically(path, encode_cog(bands, geometry.crs, Affine(*geometry.transform[:6]), tags, descriptions, offsets))
+        write_atomically(path, encode_cog(bands, geometry.crs, Affine(*geometry.transform[:6]), tags, descriptions))
         self._written.inc()
         areas = row_areas_m2(geometry)
         rows = mining_rows_of_raster(tiles, geometry.rows, geometry.patch_size)

@@ -97,16 +97,14 @@ def run(args: argparse.Namespace) -> int:
     for index, year in enumerate(years):
         bands = [classes_to_output(result.classes[index])]
         descriptions = ["mining_classification"]
-        offsets = [0.0]
         if args.origin_band:
             bands.append(origin_to_band(result.origin[index], years))
             descriptions.append("gapfill_origin_year")
-            offsets.append(1900.0)
         tags = {**tags_common, "year": str(year), "source": os.path.basename(series.paths[index])}
         if args.origin_band:
             tags["origin_encoding"] = "band 2 = origin year - 1900 (offset 1900); 255 = never observed"
         outputs[_join(args.output, f"{args.prefix}_{year}.tif")] = encode_cog(
-            bands, series.crs, series.transform, tags, descriptions, offsets
+            bands, series.crs, series.transform, tags, descriptions
         )
     outputs[_join(args.output, "areas.csv")] = _areas_csv(years, hectares)
     summary = {

@@ -1,4 +1,5 @@
-"""Cloud-Optimized GeoTIFFs of any integer type, written window by window (bounded memory).
+"""Cloud-Optimized GeoTIFFs of any integer type, written window by window (bounded memory), and the band
+metadata every COG of the project carries (`describe_cog`, called by both COG writers).
 
 `pipeline.rasters.encode_cog` makes the uint8 classification COGs from whole arrays. The products need
 other types (class_id codes reach 301, land-cover maps are often uint16) and outputs as large as their
@@ -7,10 +8,12 @@ COG (internal tiles, DEFLATE, NEAREST overviews: categories are never averaged).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import rasterio
@@ -20,6 +23,78 @@ from rasterio.windows import Window
 from pipeline import __version__
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+
+# The output classification's classes (DESIGN.md §2): value, name, RGBA. Mining in MapBiomas' legend colour
+# for mining (#9C0027); not mining pale grey; not observed transparent.
+MINING_CLASSES = (
+    (30, "mining", (156, 0, 39, 255)),
+    (0, "not mining", (236, 236, 236, 255)),
+    (255, "not observed", (0, 0, 0, 0)),
+)
+CLASSES_TAG = "classes"  # band tag: JSON list of {value, name, color_hint}, as in STAC's classification extension
+
+
+@dataclass(frozen=True)
+class BandMeaning:
+    """What a known band holds: a readable description, its scale/offset, and its classes when categorical."""
+
+    description: str
+    scale: float = 1.0
+    offset: float = 0.0
+    classes: tuple = ()
+
+
+# Bands by their short name (the name the writers pass). Unknown names are written as given, unscaled.
+KNOWN_BANDS = {
+    "mining_classification": BandMeaning(
+        "mining_classification: 30 mining, 0 not mining, 255 not observed", classes=MINING_CLASSES
+    ),
+    "probability_x255": BandMeaning("probability_x255: probability of mining = value / 255, 255 nodata", scale=1 / 255),
+    "gapfill_origin_year": BandMeaning(
+        "gapfill_origin_year: year a gap-filled value came from = value + 1900, 255 none", offset=1900.0
+    ),
+}
+
+
+def absolute_uri(path: str) -> str:
+    """`path` as an absolute URI: gs:// and other URIs unchanged, a local path as file:///absolute/path.
+
+    Outputs name the model they came from; a relative path would mean nothing once the file is copied.
+    """
+    if "://" in path:
+        return path
+    return "file://" + os.path.abspath(path)
+
+
+def describe_cog(dataset, names: Sequence[str], tags: Mapping[str, object]) -> None:
+    """Write the project's metadata into an open, writable raster: the one place both COG writers use.
+
+    Per band (by short name, see KNOWN_BANDS): a description saying what the values mean, scale and offset
+    (probability 1/255, origin year +1900), and on a categorical band its class names and colours as a
+    JSON band tag plus, when it is the file's only band, a colour table (a TIFF palette holds one band).
+    Dataset tags: software, software_version and `tags` (values as text). Deterministic: same input, same bytes.
+    """
+    meanings = [KNOWN_BANDS.get(name) for name in names]
+    for index, (name, meaning) in enumerate(zip(names, meanings), start=1):
+        dataset.set_band_description(index, meaning.description if meaning else name)
+        if meaning and meaning.classes:
+            classes = [
+                {"value": value, "name": label, "color_hint": "%02X%02X%02X" % rgba[:3]}
+                for value, label, rgba in meaning.classes
+            ]
+            dataset.update_tags(index, **{CLASSES_TAG: json.dumps(classes)})
+            if dataset.count == 1:
+                dataset.write_colormap(index, {value: rgba for value, _, rgba in meaning.classes})
+    if any(meanings):
+        dataset.scales = tuple(m.scale if m else 1.0 for m in meanings)
+        dataset.offsets = tuple(m.offset if m else 0.0 for m in meanings)
+    dataset.update_tags(software="mining-mapper", software_version=__version__, **{k: str(v) for k, v in tags.items()})
+
+
+def band_classes(tags: Mapping[str, str]) -> list[dict]:
+    """The classes a band's tags declare (written by `describe_cog`), or [] for a non-categorical band."""
+    text = tags.get(CLASSES_TAG)
+    return json.loads(text) if text else []
 
 
 class CogWriter:
@@ -66,11 +141,7 @@ class CogWriter:
             "BIGTIFF": "IF_SAFER",
         }
         self._dataset = rasterio.open(self._staging, "w", **profile)
-        for index, text in enumerate(descriptions, start=1):
-            self._dataset.set_band_description(index, text)
-        self._dataset.update_tags(
-            software="mining-mapper", software_version=__version__, **{k: str(v) for k, v in tags.items()}
-        )
+        describe_cog(self._dataset, descriptions, tags)
 
     def write(self, array: np.ndarray, window: Window, band: int | None = None) -> None:
         """Write a (rows, cols) array into one band (default: all bands for a (bands, rows, cols) array)."""
