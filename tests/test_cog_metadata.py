@@ -15,9 +15,9 @@ from pipeline.rasters import encode_cog
 
 TRANSFORM = Affine(0.00025, 0, -55.0, 0, -0.00025, -6.0)
 CLASSES = [
-    {"value": 30, "name": "mining", "color_hint": "9C0027"},
-    {"value": 0, "name": "not mining", "color_hint": "ECECEC"},
-    {"value": 255, "name": "not observed", "color_hint": "000000"},
+    {"value": 30, "name": "mining", "title": "mining", "color_hint": "9C0027"},
+    {"value": 0, "name": "not_mining", "title": "not mining", "color_hint": "ECECEC"},
+    {"value": 255, "name": "not_observed", "title": "not observed (no valid mosaic pixel)", "color_hint": "000000", "nodata": True},
 ]
 
 

@@ -24,14 +24,16 @@ from pipeline import __version__
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 
-# The output classification's classes (DESIGN.md §2): value, name, RGBA. Mining in MapBiomas' legend colour
-# for mining (#9C0027); not mining pale grey; not observed transparent.
+# The output classification's classes (DESIGN.md §2): value, name (STAC classification's pattern: no spaces),
+# title, RGBA. Mining in MapBiomas' legend colour for mining (#9C0027); not mining pale grey; not observed
+# transparent (it is the nodata value).
 MINING_CLASSES = (
-    (30, "mining", (156, 0, 39, 255)),
-    (0, "not mining", (236, 236, 236, 255)),
-    (255, "not observed", (0, 0, 0, 0)),
+    (30, "mining", "mining", (156, 0, 39, 255)),
+    (0, "not_mining", "not mining", (236, 236, 236, 255)),
+    (255, "not_observed", "not observed (no valid mosaic pixel)", (0, 0, 0, 0)),
 )
-CLASSES_TAG = "classes"  # band tag: JSON list of {value, name, color_hint}, as in STAC's classification extension
+NODATA_CLASS = 255
+CLASSES_TAG = "classes"  # band tag: JSON list of class objects, as STAC's classification extension writes them
 
 
 @dataclass(frozen=True)
@@ -79,12 +81,13 @@ def describe_cog(dataset, names: Sequence[str], tags: Mapping[str, object]) -> N
         dataset.set_band_description(index, meaning.description if meaning else name)
         if meaning and meaning.classes:
             classes = [
-                {"value": value, "name": label, "color_hint": "%02X%02X%02X" % rgba[:3]}
-                for value, label, rgba in meaning.classes
+                {"value": value, "name": name, "title": title, "color_hint": "%02X%02X%02X" % rgba[:3],
+                 **({"nodata": True} if value == NODATA_CLASS else {})}
+                for value, name, title, rgba in meaning.classes
             ]
             dataset.update_tags(index, **{CLASSES_TAG: json.dumps(classes)})
             if dataset.count == 1:
-                dataset.write_colormap(index, {value: rgba for value, _, rgba in meaning.classes})
+                dataset.write_colormap(index, {value: rgba for value, _, _, rgba in meaning.classes})
     if any(meanings):
         dataset.scales = tuple(m.scale if m else 1.0 for m in meanings)
         dataset.offsets = tuple(m.offset if m else 0.0 for m in meanings)
