@@ -75,10 +75,10 @@ def test_page_is_self_contained_and_complete(run_folder):
     assert industrial > 0 and total == pytest.approx(industrial + garimpo + unidentified, abs=0.02)
 
 
-def test_stac_catalog_describes_every_cog(run_folder):
+def test_stac_collection_describes_every_cog(run_folder):
     run, class_id, out = run_folder
-    catalog = pystac.Catalog.from_file(str(out / "stac" / "catalog.json"))
-    items = list(catalog.get_items(recursive=True))
+    collection = pystac.Collection.from_file(str(out / "stac" / "collection.json"))
+    items = list(collection.get_items(recursive=True))
     assert len(items) == 10
     products = sorted(i.properties["mining_mapper:product"] for i in items)
     assert products == ["class_id"] * 5 + ["classification"] * 5
@@ -92,7 +92,7 @@ def test_stac_catalog_describes_every_cog(run_folder):
         assert item.bbox == pytest.approx([west, south, east, north], abs=1e-6)
         year = item.properties["mining_mapper:year"]
         assert item.common_metadata.start_datetime.year == year == item.common_metadata.end_datetime.year
-    raw = json.loads((out / "stac" / "catalog.json").read_text())
+    raw = json.loads((out / "stac" / "collection.json").read_text())
     assert all(not link["href"].startswith("/") for link in raw["links"])  # self-contained, relative
 
 

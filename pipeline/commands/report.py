@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.errors import UserError
     from pipeline.products import io as pio
     from pipeline.products.report import before_paths, parse_quicklook, quicklook_png, render_report, scan_run
-    from pipeline.products.stac import build_catalog
+    from pipeline.products.stac import build_collection
     from pipeline.products.stats import compute_statistics
 
     contents = scan_run(args.run, args.class_id, args.products)
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     stac_href = None
     if not args.no_stac:
         refs = [*contents.classification, *contents.class_id, *contents.others]
-        files.update(build_catalog(refs, pio.join(args.output, "stac"), title=args.title))
-        stac_href = "stac/catalog.json"
+        files.update(build_collection(refs, pio.join(args.output, "stac"), title=args.title))
+        stac_href = "stac/collection.json"
     page = render_report(contents, args.output, stats.total_by_year(), stats.comparison(), by_type, quicklooks, stac_href, args.title)
     files[pio.join(args.output, "report.html")] = page.encode("utf-8")
     pio.publish(files)

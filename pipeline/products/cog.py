@@ -91,7 +91,7 @@ def describe_cog(dataset, names: Sequence[str], tags: Mapping[str, object]) -> N
     if any(meanings):
         dataset.scales = tuple(m.scale if m else 1.0 for m in meanings)
         dataset.offsets = tuple(m.offset if m else 0.0 for m in meanings)
-    dataset.update_tags(software="mining-mapper", software_version=__version__, **{k: str(v) for k, v in tags.items()})
+    dataset.update_tags(**{"software": "mining-mapper", "software_version": __version__, **{k: str(v) for k, v in tags.items()}})
 
 
 def band_classes(tags: Mapping[str, str]) -> list[dict]:
