@@ -33,6 +33,7 @@ TEST_REQUIRES = [
     "gcp-storage-emulator>=2024.8.3",
     "websockets>=12",  # the report's browser test talks to headless Chromium over the DevTools protocol
     "pyyaml>=6",  # cloudbuild.yaml is parsed by the template tests
+    "jsonschema>=4.18",  # the STAC documents are validated offline against vendored schemas (referencing)
 ]
 
 setup(
