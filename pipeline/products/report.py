@@ -282,7 +282,7 @@ def quicklook_png(
     The chosen grid-year is read whole (one band at a time) and reduced by blocks so that no mining
     pixel disappears from the picture.
 
-    Returns the PNG and the panel titles (for the caption).
+    Returns the PNG and the panel titles (for the caption; a class panel without mining says so).
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -331,7 +331,7 @@ def quicklook_png(
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
-    return buffer.getvalue(), [title for title, _, _ in panels]
+    return buffer.getvalue(), [title + (" (no mining)" if kind and not (image == 1).any() else "") for title, image, kind in panels]
 
 
 # ----------------------------------------------------------------------------------------------
