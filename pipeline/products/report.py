@@ -187,7 +187,7 @@ def filter_chart_svg(rows: Sequence[Mapping[str, float]]) -> str:
     years = [r["year"] for r in rows]
     stages = [k for k in rows[0] if k != "year"]
     for stage in stages:
-        ax.plot(years, [r[stage] for r in rows], label=stage, color=STAGE_COLOURS.get(stage), linewidth=1.6)
+        ax.plot(years, [r[stage] for r in rows], label=STAGE_NAMES.get(stage, stage), color=STAGE_COLOURS.get(stage), linewidth=1.6)
     ax.set_xlabel("year")
     ax.set_ylabel("mining area (ha)")
     ax.grid(alpha=0.3)
@@ -513,7 +513,8 @@ def render_report(
         rows_in = contents.filter_areas
         stages = [k for k in rows_in[0] if k != "year"]
         parts.append(f'<figure class="chart" id="filter-chart">{filter_chart_svg(rows_in)}</figure>')
-        columns = ["year", f"{stages[0]} (ha)", *[f"Δ {s} (ha)" for s in stages[1:]], f"{stages[-1]} (ha)"]
+        names = [STAGE_NAMES.get(stage, stage) for stage in stages]
+        columns = ["year", f"{names[0]} (ha)", *[f"change by {n} (ha)" for n in names[1:]], f"after {names[-1]} (ha)"]
         rows = [[r["year"], r[stages[0]], *[r[b] - r[a] for a, b in zip(stages, stages[1:])], r[stages[-1]]] for r in rows_in]
         parts.append(_table(columns, rows))
     else:
