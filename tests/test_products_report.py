@@ -112,6 +112,8 @@ def test_report_errors_name_the_problem(run_folder, tmp_path):
     assert code == 2 and str(run) in err and "no classification COG for year 1999" in err
     code, _, err = run_cli("report", tmp_path / "missing", "--output", tmp_path)
     assert code == 2 and "missing: no such file or folder" in err
+    code, _, err = run_cli("report", run, "--max-quicklook-grids", "0", "--output", tmp_path)
+    assert code == 2 and "--max-quicklook-grids 0: must be at least 1" in err
 
 
 # --------------------------------------------------------------------------------------------------
