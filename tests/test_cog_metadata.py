@@ -67,7 +67,19 @@ def test_cog_writer_uses_the_same_metadata():
                    tags={}, descriptions=["class_id"]) as writer:
         writer.write(np.full((10, 10), 115, np.uint16), rasterio.windows.Window(0, 0, 10, 10))
         with rasterio.open(writer.finish()) as cog:
-            assert cog.descriptions == ("class_id",) and band_classes(cog.tags(1)) == []  # unknown names as given
+            assert cog.descriptions == ("class_id",)  # pipeline.products.stats recognises class_id rasters by it
+            classes = {c["value"]: c for c in band_classes(cog.tags(1))}
+            assert classes[215] == {"value": 215, "name": "garimpo-gold", "title": "215 gold (garimpo)", "color_hint": "E6A800"}
+            assert classes[115]["name"] == "industrial-gold" and classes[101]["name"] == "industrial-metallic"
+            assert classes[123]["name"] == "industrial-precious_stones_and_ornamental_rocks"
+            assert classes[301]["name"] == "unidentified-other" and classes[0]["name"] == "not_mining"
+            assert classes[65535]["nodata"] is True and len({c["name"] for c in classes.values()}) == len(classes)
+            assert cog.colorinterp[0] != rasterio.enums.ColorInterp.palette  # no 65,536-entry palette
+    with CogWriter(width=10, height=10, dtype="uint8", crs="EPSG:4326", transform=TRANSFORM, nodata=0,
+                   tags={}, descriptions=["land_use_with_mining"]) as writer:
+        writer.write(np.full((10, 10), 30, np.uint8), rasterio.windows.Window(0, 0, 10, 10))
+        with rasterio.open(writer.finish()) as cog:  # a name the table does not know: written as given
+            assert cog.descriptions == ("land_use_with_mining",) and band_classes(cog.tags(1)) == []
 
 
 def test_absolute_uri():

@@ -156,3 +156,25 @@ def test_typed_tags_and_errors(tmp_path):
         dst.write(np.zeros((1, 4, 4), np.uint8))
     with pytest.raises(UserError, match="x_2020.tif: raster has no CRS"):
         build_collection([pio.describe_raster(str(path))], str(tmp_path / "stac"))
+
+
+def test_class_id_cogs_carry_their_table_classes_and_validate(tmp_path):
+    from rasterio.windows import Window
+
+    from pipeline.products.cog import CogWriter
+
+    path = tmp_path / "class_id" / "class_id_2020.tif"
+    path.parent.mkdir()
+    with CogWriter(width=40, height=30, dtype="uint16", crs=UTM, transform=TRANSFORM, nodata=65535,
+                   tags={"product": "class_id", "year": 2020}, descriptions=["class_id"]) as writer:
+        writer.write(np.tile(np.array([0, 215, 115, 65535], np.uint16), (30, 10)), Window(0, 0, 40, 30))
+        path.write_bytes(Path(writer.finish()).read_bytes())
+    files = build_collection([pio.describe_raster(str(path))], str(tmp_path / "stac"))
+    documents = [json.loads(data) for data in files.values()]
+    for document in documents:
+        validate(document)
+    item = next(d for d in documents if d["type"] == "Feature")
+    (band,) = item["assets"]["data"]["raster:bands"]
+    assert band["data_type"] == "uint16" and band["nodata"] == 65535
+    names = {c["value"]: c["name"] for c in band["classification:classes"]}
+    assert names[215] == "garimpo-gold" and names[0] == "not_mining" and names[65535] == "not_observed"

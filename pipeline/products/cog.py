@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +33,33 @@ MINING_CLASSES = (
     (255, "not_observed", "not observed (no valid mosaic pixel)", (0, 0, 0, 0)),
 )
 NODATA_CLASS = 255
+# Mining types (class_id hundreds), one colour each: the class_id COGs' classes and the report's charts.
+MINING_TYPE_COLOURS = {"industrial": "#2c7fb8", "garimpo": "#e6a800", "unidentified": "#8c8c8c"}
+CLASS_ID_NODATA = 65535
+
+
+def class_id_classes() -> tuple:
+    """The class_id COGs' classes from the project's class_id table (appendix Table 3): value, name, title, RGBA.
+
+    0 is not mining and 65535 not observed (the classify-type encoding); a code's name is its type and
+    substance (or group), e.g. 'garimpo-gold', as STAC's classification extension allows (no spaces).
+    """
+    import re
+
+    from pipeline.earthengine.tables import load_class_id_table
+
+    def rgba(colour: str) -> tuple:
+        return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5)) + (255,)
+
+    classes = [(0, "not_mining", "not mining", (236, 236, 236, 255))]
+    for entry in load_class_id_table().codes:
+        kind = entry["type"] or "unidentified"
+        what = entry["substance"] or entry["group"] or "other"
+        name = re.sub(r"[^0-9A-Za-z-]+", "_", f"{kind}-{what}")
+        title = f"{entry['code']} {entry['name']}" + ("" if kind in entry["name"] else f" ({kind})")
+        classes.append((entry["code"], name, title, rgba(MINING_TYPE_COLOURS[kind])))
+    classes.append((CLASS_ID_NODATA, "not_observed", "not observed", (0, 0, 0, 0)))
+    return tuple(classes)
 CLASSES_TAG = "classes"  # band tag: JSON list of class objects, as STAC's classification extension writes them
 
 
@@ -43,7 +70,8 @@ class BandMeaning:
     description: str
     scale: float = 1.0
     offset: float = 0.0
-    classes: tuple = ()
+    classes: tuple | Callable[[], tuple] = ()  # a function when the classes come from a table kept as data
+    nodata_class: int = NODATA_CLASS
 
 
 # Bands by their short name (the name the writers pass). Unknown names are written as given, unscaled.
@@ -55,6 +83,8 @@ KNOWN_BANDS = {
     "gapfill_origin_year": BandMeaning(
         "gapfill_origin_year: year a gap-filled value came from = value + 1900, 255 none", offset=1900.0
     ),
+    # The description stays the bare name: pipeline.products.stats recognises class_id rasters by it.
+    "class_id": BandMeaning("class_id", classes=class_id_classes, nodata_class=CLASS_ID_NODATA),
 }
 
 
@@ -73,21 +103,23 @@ def describe_cog(dataset, names: Sequence[str], tags: Mapping[str, object]) -> N
 
     Per band (by short name, see KNOWN_BANDS): a description saying what the values mean, scale and offset
     (probability 1/255, origin year +1900), and on a categorical band its class names and colours as a
-    JSON band tag plus, when it is the file's only band, a colour table (a TIFF palette holds one band).
+    JSON band tag plus, when it is the file's only band and 8-bit, a colour table (a TIFF palette holds one
+    band; a 16-bit one would hold 65,536 entries).
     Dataset tags: software, software_version and `tags` (values as text). Deterministic: same input, same bytes.
     """
     meanings = [KNOWN_BANDS.get(name) for name in names]
     for index, (name, meaning) in enumerate(zip(names, meanings), start=1):
         dataset.set_band_description(index, meaning.description if meaning else name)
-        if meaning and meaning.classes:
+        table = (meaning.classes() if callable(meaning.classes) else meaning.classes) if meaning else ()
+        if table:
             classes = [
-                {"value": value, "name": name, "title": title, "color_hint": "%02X%02X%02X" % rgba[:3],
-                 **({"nodata": True} if value == NODATA_CLASS else {})}
-                for value, name, title, rgba in meaning.classes
+                {"value": value, "name": label, "title": title, "color_hint": "%02X%02X%02X" % rgba[:3],
+                 **({"nodata": True} if value == meaning.nodata_class else {})}
+                for value, label, title, rgba in table
             ]
             dataset.update_tags(index, **{CLASSES_TAG: json.dumps(classes)})
-            if dataset.count == 1:
-                dataset.write_colormap(index, {value: rgba for value, _, _, rgba in meaning.classes})
+            if dataset.count == 1 and dataset.dtypes[0] == "uint8":
+                dataset.write_colormap(index, {value: rgba for value, _, _, rgba in table})
     if any(meanings):
         dataset.scales = tuple(m.scale if m else 1.0 for m in meanings)
         dataset.offsets = tuple(m.offset if m else 0.0 for m in meanings)

@@ -22,11 +22,12 @@ import numpy as np
 from pipeline import __version__
 from pipeline.errors import UserError
 from pipeline.products import io as pio
+from pipeline.products.cog import MINING_TYPE_COLOURS
 from pipeline.products.composite import Composite, block_factor, read_composite
 from pipeline.products.stac import product_of
 
 TOTAL_COLOUR = "#c0392b"
-TYPE_COLOURS = {"industrial": "#2c7fb8", "garimpo": "#e6a800", "unidentified": "#8c8c8c"}
+TYPE_COLOURS = MINING_TYPE_COLOURS
 STAGE_COLOURS = {"input": "#555555", "gap_fill": "#1b9e77", "temporal": "#7570b3", "spatial": "#e7298a", "frequency": "#c0392b"}
 
 
