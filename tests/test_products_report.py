@@ -59,6 +59,9 @@ def test_page_is_self_contained_and_complete(run_folder):
         image = Image.open(io.BytesIO(base64.b64decode(s.split(",", 1)[1])))
         assert image.format == "PNG" and image.width > 2 * image.height * 0.8
     assert "before the filters" in page and "after the filters" in page
+    # a filter run records no exports: the legend says not mining plainly and shows no probability scale
+    legend = re.search(r'<div class="legend" id="legend">(.*?)</div>', page).group(1)
+    assert "shows through" not in legend and "probability" not in legend and "not observed" in legend
     # the run summary: every year with its status
     for year in range(2016, 2021):
         assert re.search(rf"<td>{year}</td><td class=\"status-written\">written</td>", page)
@@ -236,7 +239,8 @@ def test_quicklook_shows_the_probability_band(tmp_path):
     probability = np.linspace(0, 255, 3000).reshape(50, 60).astype(np.uint8)
     path = write_raster(tmp_path / "7" / "7_2005.tif", np.stack([classes, probability]), nodata=255,
                         tags={"grid": "7", "year": 2005}, descriptions=["mining_classification", "mining_probability"])
-    png, panels = quicklook_png(pio.describe_raster(str(path)))
+    png, panels, mosaic = quicklook_png(pio.describe_raster(str(path)))
+    assert not mosaic  # no exports given
     assert panels == ["probability of mining", "classes"]
     classes[:] = 0
     empty = write_raster(tmp_path / "7" / "7_2006.tif", np.stack([classes, probability]), nodata=255,
@@ -310,6 +314,7 @@ def test_every_grid_gets_a_line_a_column_and_quicklooks_over_the_mosaic(grids_re
     assert "classes (no mining)" in captions[0] and "(no mining)" not in captions[1]
     assert "First and last year of each of the 2 grids." in page
     assert 'id="legend"' in page and all(word in page for word in ("mining (any mining pixel", "not observed", "probability of mining 0"))
+    assert "the false-colour mosaic (SWIR1, NIR, Red) shows through" in page and "over the input mosaic" not in page  # in the PNGs
     # readable column names, file names rather than paths
     assert "<th>mining ha, after gap fill</th>" in page and "<th>mining pixels, classified</th>" in page
     assert "<th>mining_ha.gap_fill</th>" not in page and "<td>1010_2000.tif</td>" in page

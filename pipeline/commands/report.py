@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     quicklooks = []
     for grid, year in wanted:
         ref = by_key[(grid, year)]
-        png, panels = quicklook_png(ref, before.get((grid, year)), class_value, exports=exports)
+        png, panels, mosaic = quicklook_png(ref, before.get((grid, year)), class_value, exports=exports)
         label = f"{'grid ' + grid + ', ' if grid else ''}{year}: {pio.basename(ref.path)} ({'; '.join(panels)})"
-        quicklooks.append((label, png))
+        quicklooks.append((label, png, mosaic))
     files = {}
     stac_href = None
     if not args.no_stac:

@@ -275,7 +275,7 @@ def quicklook_png(
     mining_value: int = 30,
     max_side: int = 500,
     exports: str | None = None,
-) -> tuple[bytes, list[str]]:
+) -> tuple[bytes, list[str], bool]:
     """PNG panels of one grid-year: probability (when the COG has that band), classes before and after the
     filters, the classes drawn over a false-colour composite of the input mosaic when `exports` (the run's
     exports root) holds this grid-year, with map coordinates, a legend, and "no mining" on empty panels.
@@ -283,7 +283,8 @@ def quicklook_png(
     The chosen grid-year is read whole (one band at a time) and reduced by blocks so that no mining
     pixel disappears from the picture.
 
-    Returns the PNG and the panel titles (for the caption; a class panel without mining says so).
+    Returns the PNG, the panel titles (for the caption; a class panel without mining says so) and whether
+    the input mosaic was drawn.
     """
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
@@ -326,13 +327,14 @@ def quicklook_png(
     handles = [Patch(facecolor=rgba, edgecolor="#666666", label=names.get(label, label)) for label, (_, rgba) in LEGEND.items()]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9, bbox_to_anchor=(0.5, -0.02))
     label = f"grid {ref.grid}, {ref.year}" if ref.grid else str(ref.year)
-    imagery = "over the input mosaic (SWIR1/NIR/Red)" if composite is not None else "no input mosaic found"
+    imagery = "over the input mosaic (SWIR1/NIR/Red)" if composite is not None else "no input mosaic (exports not found)"
     fig.suptitle(f"{label} · {crs_name} · {imagery}", fontsize=11)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
     plt.close(fig)
-    return buffer.getvalue(), [title + (" (no mining)" if kind and not (image == 1).any() else "") for title, image, kind in panels]
+    titles = [title + (" (no mining)" if kind and not (image == 1).any() else "") for title, image, kind in panels]
+    return buffer.getvalue(), titles, composite is not None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,7 +453,7 @@ def render_report(
     totals: Mapping[int, float],
     comparison: Mapping,
     by_type: Mapping[int, Mapping[str, float]] | None,
-    quicklooks: Sequence[tuple[str, bytes]],
+    quicklooks: Sequence[tuple[str, bytes, bool]],
     stac_href: str | None,
     title: str = "Mining mapper run report",
     per_grid: Mapping[str, Mapping[int, float]] | None = None,
@@ -525,8 +527,8 @@ def render_report(
     if quicklook_note:
         parts.append(f'<p class="meta">{html.escape(quicklook_note)}</p>')
     if quicklooks:
-        parts.append(legend_html())
-        for caption, png in quicklooks:
+        parts.append(legend_html(mosaic=any(q[2] for q in quicklooks), probability=any("probability" in q[0] for q in quicklooks)))
+        for caption, png, _ in quicklooks:
             data = base64.b64encode(png).decode("ascii")
             parts.append(f'<figure><img class="quicklook" alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
                          f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -535,7 +537,7 @@ def render_report(
 
     parts.append("<h2>Outputs</h2>")
     if stac_href:
-        parts.append(f'<p>STAC catalog: <a href="{html.escape(stac_href)}">{html.escape(stac_href)}</a></p>')
+        parts.append(f'<p>STAC collection: <a href="{html.escape(stac_href)}">{html.escape(stac_href)}</a></p>')
     all_refs = [*contents.classification, *contents.class_id, *contents.others]
     rows = []
     for ref in all_refs:
@@ -546,18 +548,23 @@ def render_report(
     return "\n".join(parts)
 
 
-def legend_html() -> str:
-    """The quicklooks' legend as HTML (the same colours as the figures'): classes and the probability scale."""
+def legend_html(mosaic: bool = True, probability: bool = True) -> str:
+    """The quicklooks' legend as HTML (the same colours as the figures'): the classes, and the probability
+    scale when a probability panel is drawn; 'not mining' says whether the mosaic shows through."""
     import matplotlib
 
     def css(rgba) -> str:
         return "#%02x%02x%02x" % tuple(round(255 * v) for v in rgba[:3])
 
-    items = [f'<span><i class="swatch" style="background:{css(rgba)}"></i>{html.escape(text)}</span>'
-             for text, rgba in LEGEND.values()]
-    cmap = matplotlib.colormaps[PROBABILITY_CMAP]
-    stops = ",".join(css(cmap(v / 4)) for v in range(5))
-    items.append(f'<span>probability of mining 0 <i class="ramp" style="background:linear-gradient(to right,{stops})"></i> 1</span>')
+    texts = {label: text for label, (text, _) in LEGEND.items()}
+    if not mosaic:
+        texts["not mining"] = "not mining"
+    items = [f'<span><i class="swatch" style="background:{css(rgba)}"></i>{html.escape(texts[label])}</span>'
+             for label, (_, rgba) in LEGEND.items()]
+    if probability:
+        cmap = matplotlib.colormaps[PROBABILITY_CMAP]
+        stops = ",".join(css(cmap(v / 4)) for v in range(5))
+        items.append(f'<span>probability of mining 0 <i class="ramp" style="background:linear-gradient(to right,{stops})"></i> 1</span>')
     return '<div class="legend" id="legend">' + "".join(items) + "</div>"
 
 
