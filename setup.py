@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "tensorflow-transform==1.21.0",
     "rasterio>=1.4.3,<1.5",
     "earthengine-api>=1.7,<2",
+    "google-api-core>=2.17,<3",  # the one retry layer for Earth Engine requests (pipeline/earthengine/retry.py)
     "google-cloud-storage>=3.0,<4",
     "numpy>=2.0,<2.5",
     "scipy>=1.14,<2",
@@ -32,6 +33,7 @@ TEST_REQUIRES = [
     "gcp-storage-emulator>=2024.8.3",
     "websockets>=12",  # the report's browser test talks to headless Chromium over the DevTools protocol
     "pyyaml>=6",  # cloudbuild.yaml is parsed by the template tests
+    "jsonschema>=4.18",  # the STAC documents are validated offline against vendored schemas (referencing)
 ]
 
 setup(

@@ -13,6 +13,8 @@ import sys
 import tempfile
 from collections.abc import Mapping
 
+from pipeline.io.filesystem import local_or_remote
+
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 PROJECT_LOGGERS = ("pipeline", "transforms", "model")
 # Messages that say nothing a user can act on (Beam on a machine without the `resource` module).
@@ -146,7 +148,7 @@ def run_table(summary: Mapping) -> str:
             hectares = sum(_final_hectares(e) for e in written)
             grids = len({e["grid"] for e in entries if e["year"] == year})
             rows.append((f"mining {year}", f"{hectares:,.1f} ha ({len(written)}/{grids} grids)"))
-    output = summary.get("output", "")
+    output = local_or_remote(summary.get("output", ""))
     rows.append(("COGs", f"{output}/{{grid}}/{{grid}}_{{year}}.tif"))
     rows.append(("summary", f"{output}/summary.json"))
     if summary.get("dead_letters"):

@@ -10,7 +10,7 @@ import csv
 
 import pytest
 
-from pipeline.earthengine import tables
+from pipeline.io import tables
 from tests.conftest import shared_path
 
 

@@ -217,6 +217,9 @@ class ExportRequestTest(apitestcase.ApiTestCase):
         self.assertEqual(len(bodies), 3)
         self.assertEqual(len({b["requestId"] for b in bodies}), 1)
         self.assertEqual(time.sleeps, [1.0, 2.0])
+        # One retry layer: the client's own (googleapiclient's num_retries) is switched off.
+        executes = resource.projects().image().export().execute.call_args_list
+        self.assertEqual([c.kwargs.get("num_retries") for c in executes], [0, 0, 0])
 
     def test_other_errors_are_not_retried_and_retries_end(self):
         for status, attempts in ((400, 1), (403, 1), (404, 1), (500, 4)):

@@ -71,6 +71,29 @@ def test_http_status_is_found_behind_earth_engine_exceptions():
     assert 1.5 <= retry.Backoff(base_delay=2, jitter=0.25).delay(0, rng=lambda: 0.0) <= 2.5
 
 
+def test_call_with_backoff_is_the_only_retry_layer(caplog):
+    ee.data.setMaxRetries(5)
+    sleeps, calls = [], []
+    errors = [http_error(503), http_error(429), http_error(500)]
+
+    def flaky():
+        calls.append(1)
+        raise errors[len(calls) - 1]
+
+    policy = retry.Backoff(retries=2, base_delay=3.0, jitter=0.0)
+    with caplog.at_level("WARNING", logger="pipeline.earthengine.retry"):
+        with pytest.raises(type(errors[2])) as raised:
+            retry.call_with_backoff(flaky, policy, what="get x", sleep=sleeps.append)
+    assert raised.value is errors[2]  # the last retryable error, as raised
+    assert (len(calls), sleeps) == (3, [3.0, 6.0])
+    assert [r.getMessage().split(";")[1].strip() for r in caplog.records] == ["retry 1/2 in 3.0 s", "retry 2/2 in 6.0 s"]
+    assert ee.data._get_state().max_retries == 0  # the client's own retries are off
+    assert retry.call_with_backoff(lambda: 7, policy, sleep=sleeps.append) == 7
+    with pytest.raises(ValueError, match="bug"):
+        retry.call_with_backoff(lambda: (_ for _ in ()).throw(ValueError("bug")), policy, sleep=sleeps.append)
+    assert sleeps == [3.0, 6.0]
+
+
 @pytest.mark.parametrize(
     "uri, expected",
     [

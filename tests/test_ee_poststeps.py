@@ -10,7 +10,8 @@ import pytest
 from ee import apitestcase
 
 from pipeline.cli import main
-from pipeline.earthengine import auth, poststeps, tables
+from pipeline.earthengine import auth, poststeps
+from pipeline.io import tables
 from pipeline.errors import UserError
 from tests.conftest import shared_path
 from tests.test_ee_exports import UUID, http_error

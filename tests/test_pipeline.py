@@ -112,6 +112,9 @@ def test_pipeline_cogs_equal_the_engine_on_the_whole_raster(tmp_path, model_path
             assert cog.crs.to_epsg() == 4326
             assert cog.transform.c == pytest.approx(-54.0) and cog.transform.f == pytest.approx(-3.0)
             assert cog.tags()["grid"] == "1010" and cog.tags()["year"] == str(year) and cog.tags()["filter_mode"] == mode
+            assert cog.tags()["model"] == f"national=file://{model_path}"  # the model as an absolute URI
+            assert cog.scales == (1.0, 1 / 255, 1.0) and cog.offsets == (0.0, 0.0, 1900.0)
+            assert json.loads(cog.tags(1)["classes"])[0] == {"value": 30, "name": "mining", "title": "mining", "color_hint": "9C0027"}
         assert (classes == expected[t]).all(), f"{mode} {year}: {np.argwhere(classes != expected[t])[:5]}"
         observed = stack[t] != 255
         assert (probability[~observed] == 255).all()

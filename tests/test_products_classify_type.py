@@ -14,7 +14,7 @@ from affine import Affine
 from pyproj import CRS, Geod, Transformer
 from scipy import ndimage
 
-from pipeline.earthengine.tables import load_class_id_table
+from pipeline.io.tables import load_class_id_table
 from pipeline.errors import UserError
 from pipeline.products.classify_type import choose_code
 from pipeline.products.occurrences import read_occurrences

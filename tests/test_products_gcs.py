@@ -61,7 +61,7 @@ def test_stats_and_report_on_gs_paths(gcs, tmp_path):
     page = gcs.bucket(BUCKET).blob("report/report.html").download_as_bytes().decode()
     assert "grid 152, 2022" in page and page.count("<svg") == 1
     names = {b.name for b in gcs.list_blobs(BUCKET, prefix="report/stac/")}
-    assert "report/stac/catalog.json" in names and len(names) == 5
+    assert "report/stac/collection.json" in names and len(names) == 5
     item = json.loads(gcs.bucket(BUCKET).blob("report/stac/classification-152-2022/classification-152-2022.json").download_as_bytes())
     href = item["assets"]["data"]["href"]  # relative inside the bucket: the catalog moves with the run
     assert posixpath.normpath(posixpath.join("report/stac/classification-152-2022", href)) == "run/152/152_2022.tif"

@@ -8,7 +8,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from pipeline.earthengine.tables import load_prevalence_table
+from pipeline.io.tables import load_prevalence_table
 from pipeline.products.integrate import integrate_layers, rank_lookup
 from tests.conftest import shared_path
 from tests.products_support import read, run_cli, write_raster

@@ -24,7 +24,7 @@ from transforms.write import TILES, WriteGridYears
 
 def output_tags(config: RunConfig) -> dict[str, str]:
     """Tags every COG of the run carries (DESIGN.md §2)."""
-    models = ";".join(f"{r.name}={r.path}" for r in config.routes)
+    models = ";".join(f"{r.name}={absolute_uri(r.path)}" for r in config.routes)
     return {
         "model": models,
         "band_preset": config.band_preset,

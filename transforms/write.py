@@ -61,14 +61,14 @@ class _WriteGridYear(beam.DoFn):
         tiles = list(parts[TILES])
         rasters = assemble_year(tiles, geometry.rows, geometry.patches_per_row, geometry.patch_size, self._years)
         height, width = geometry.height, geometry.width
-        bands, descriptions, offsets = classification_bands(
+        bands, descriptions = classification_bands(
             rasters["classes"][:height, :width],
             probability=rasters["probability"][:height, :width] if self._with_probability else None,
             origin_years=rasters["origin"][:height, :width] if self._with_origin else None,
         )
         tags = {**self._tags, "grid": grid, "year": str(year)}
         path = cog_path(self._output, grid, year)
-        write_atomically(path, encode_cog(bands, geometry.crs, Affine(*geometry.transform[:6]), tags, descriptions, offsets))
+        write_atomically(path, encode_cog(bands, geometry.crs, Affine(*geometry.transform[:6]), tags, descriptions))
         self._written.inc()
         areas = row_areas_m2(geometry)
         rows = mining_rows_of_raster(tiles, geometry.rows, geometry.patch_size)

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.method.areas import pixel_areas_m2
     from pipeline.ranges import parse_years
-    from pipeline.earthengine.tables import load_class_id_table
+    from pipeline.io.tables import load_class_id_table
     from pipeline.errors import UserError
     from pipeline.io import filesystem as fs
     from pipeline.io import rasters as annual_rasters

@@ -93,14 +93,14 @@ def run(args: argparse.Namespace) -> int:
         tags_common["grid"] = args.grid
     outputs: dict[str, bytes] = {}
     for index, year in enumerate(years):
-        bands, descriptions, offsets = classification_bands(
+        bands, descriptions = classification_bands(
             result.classes[index], origin_years=origin_to_band(result.origin[index], years) if args.origin_band else None
         )
         tags = {**tags_common, "year": str(year), "source": os.path.basename(series.paths[index])}
         if args.origin_band:
             tags["origin_encoding"] = "band 2 = origin year - 1900 (offset 1900); 255 = never observed"
         outputs[join(args.output, f"{args.prefix}_{year}.tif")] = encode_cog(
-            bands, series.crs, series.transform, tags, descriptions, offsets
+            bands, series.crs, series.transform, tags, descriptions
         )
     outputs[join(args.output, "areas.csv")] = _areas_csv(years, hectares)
     grid = args.grid or args.prefix

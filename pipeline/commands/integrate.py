@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from pipeline.ranges import parse_years
-    from pipeline.earthengine.tables import load_prevalence_table
+    from pipeline.io.tables import load_prevalence_table
     from pipeline.errors import UserError
     from pipeline.io import filesystem as fs
     from pipeline.io import rasters as annual_rasters

@@ -51,7 +51,8 @@ def build_tasks(args):
     """One export-to-asset task per requested step and year (Earth Engine initialised, online or offline)."""
     import ee
 
-    from pipeline.earthengine import options, poststeps, tables
+    from pipeline.earthengine import options, poststeps
+    from pipeline.io import tables
     from pipeline.errors import UserError
 
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]

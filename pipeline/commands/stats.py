@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 def _class_names() -> dict[int, str]:
     """Table 3 names by code, when the shared table is readable (names are a courtesy in the CSV)."""
     try:
-        from pipeline.earthengine.tables import load_class_id_table
+        from pipeline.io.tables import load_class_id_table
 
         return {entry["code"]: entry["name"] for entry in load_class_id_table().codes}
     except Exception:  # the table is optional for stats; codes are reported either way

@@ -9,5 +9,5 @@ Modules (each imports `ee` only inside functions, so importing them is cheap):
 * `ingest`    — COGs registered as images of an ImageCollection asset (§1.7)
 * `poststeps` — spatial filter, prevalence integration, class_id, as export-to-asset tasks (§3, §5, §6)
 * `tables`    — the prevalence and class_id tables kept as data in `pipeline/data/`
-* `retry`, `storage`, `options` — backoff on 429/5xx, Cloud Storage helpers, shared command-line options
+* `retry`, `storage`, `options` — the one retry layer (google.api_core, the client's own off) on 429/5xx, Cloud Storage helpers, shared command-line options
 """

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from pipeline.earthengine.retry import Backoff, RateLimiter, call_with_backoff
-from pipeline.earthengine.tables import ClassIdTable
+from pipeline.io.tables import ClassIdTable
 
 MINING = 30
 NOT_MINING = 0

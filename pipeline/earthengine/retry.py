@@ -1,4 +1,10 @@
-"""Retries with exponential backoff on HTTP 429 and 5xx only, and a simple submission rate limiter.
+"""One retry layer for Earth Engine requests: `google.api_core.retry`, on HTTP 429 and 5xx only.
+
+Earth Engine's client retries too (`ee.data.setMaxRetries`, 5 by default, inside googleapiclient's
+`execute`), so wrapping its calls in a second loop multiplied the attempts (6 × 6 = 36 for one request,
+with two unrelated backoff schedules). `call_with_backoff` therefore switches the client's own retries off
+and retries with `google.api_core.retry.retry_target`: one schedule, the `Backoff` policy's, with a bounded
+number of attempts and every retry logged.
 
 Earth Engine's client turns an HTTP error into `ee.EEException(message)` raised inside the `except` block
 that caught the `googleapiclient.errors.HttpError`, so the HTTP status is on the exception's `__context__`
@@ -11,7 +17,9 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
+
+from google.api_core.retry import retry_target
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +66,13 @@ class Backoff:
         return max(0.0, delay * (1 + self.jitter * (2 * rng() - 1)))
 
 
+def disable_client_retries() -> None:
+    """Switch off the Earth Engine client's own retries, so that `call_with_backoff` is the only layer."""
+    import ee
+
+    ee.data.setMaxRetries(0)
+
+
 def call_with_backoff(
     func: Callable[[], T],
     policy: Backoff = Backoff(),
@@ -66,26 +81,35 @@ def call_with_backoff(
     sleep: Callable[[float], None] = time.sleep,
     rng: Callable[[], float] = random.random,
 ) -> T:
-    """Call `func`, retrying on 429/5xx per `policy`; other errors, and the last retryable one, propagate."""
-    attempt = 0
-    while True:
-        try:
-            return func()
-        except Exception as error:  # noqa: BLE001 - classified below, re-raised when not retryable
-            if not is_retryable(error) or attempt >= policy.retries:
-                raise
-            delay = policy.delay(attempt, rng)
-            log.warning(
-                "%s: HTTP %s (%s); retry %d/%d in %.1f s",
-                what,
-                http_status(error),
-                error,
-                attempt + 1,
-                policy.retries,
-                delay,
-            )
-            sleep(delay)
-            attempt += 1
+    """Call `func`, retrying on 429/5xx per `policy`; other errors, and the last retryable one, propagate.
+
+    The loop is `google.api_core.retry.retry_target` with `is_retryable` as its predicate. The waits go
+    through `sleep` (injectable, so tests run on a fake clock): the delay generator sleeps itself and hands
+    api_core a zero wait. The Earth Engine client's own retries are switched off first.
+    """
+    disable_client_retries()
+    retried = 0
+    delays: list[float] = []
+
+    def on_error(error: Exception) -> None:
+        # retry_target calls this for each retryable error before it asks `waits` for the next delay;
+        # raising here ends the loop with this (the last) error, unchanged.
+        if retried >= policy.retries:
+            raise error
+        delays.append(policy.delay(retried, rng))
+        log.warning(
+            "%s: HTTP %s (%s); retry %d/%d in %.1f s",
+            what, http_status(error), error, retried + 1, policy.retries, delays[-1],
+        )
+
+    def waits() -> Iterator[float]:
+        nonlocal retried
+        while True:
+            sleep(delays.pop())
+            retried += 1
+            yield 0.0
+
+    return retry_target(func, is_retryable, waits(), timeout=None, on_error=on_error)
 
 
 class RateLimiter:

@@ -61,8 +61,19 @@ def parent_name(path: str) -> str:
 
 
 def absolute_uri(path: str) -> str:
-    """`gs://…` unchanged; a local path made absolute (what summaries and tags record)."""
-    return str(path) if is_remote(path) or "://" in str(path) else os.path.abspath(str(path))
+    """`path` as an absolute URI: gs:// and other URIs unchanged, a local path as file:///absolute/path.
+
+    Summaries and COG tags name their inputs and outputs so; a relative path would mean nothing once the
+    file is copied.
+    """
+    path = str(path)
+    return path if "://" in path else "file://" + os.path.abspath(path)
+
+
+def local_or_remote(uri: str) -> str:
+    """The path to open for an absolute URI: `file:///a/b` → `/a/b`; gs:// and plain paths unchanged."""
+    uri = str(uri)
+    return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
 def read_bytes(path: str) -> bytes:

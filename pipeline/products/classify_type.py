@@ -19,10 +19,10 @@ from rasterio.features import shapes
 from scipy import ndimage
 
 from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
+from pipeline.io.cog import CLASS_ID_NODATA
 from pipeline.products.occurrences import Occurrences
 
 NOT_MINING_CODE = 0
-CLASS_ID_NODATA = 65535
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 

@@ -3,7 +3,7 @@
 At each pixel the result takes the class of the layer with the best (lowest) prevalence rank among the
 layers that claim the pixel. The mining map claims its mining pixels with class 30; the land-cover map
 claims every pixel it observes with its own class. The ranks come from `pipeline/data/prevalence.json`
-(read through `pipeline.earthengine.tables.load_prevalence_table`); a class missing from the table ranks
+(read through `pipeline.io.tables.load_prevalence_table`); a class missing from the table ranks
 after every listed class. Equal ranks go to the layer given first. Rasters are read and written window
 by window.
 """

@@ -30,11 +30,10 @@ from rasterio.windows import Window
 from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
 from pipeline.errors import UserError
 from pipeline.io import rasters as annual_rasters
-from pipeline.io.cog import row_windows
+from pipeline.io.cog import CLASS_ID_NODATA, row_windows
 
 KIND_CLASSIFICATION = "classification"
 KIND_CLASS_ID = "class_id"
-CLASS_ID_NODATA = 65535
 TYPE_BY_HUNDREDS = {1: "industrial", 2: "garimpo", 3: "unidentified"}
 
 
