@@ -11,25 +11,7 @@ import pytest
 
 from model import receptive_field as rf
 from model.unet import build_unet
-
-
-def random_unet(depth: int, bands: int = 3, filters: int = 4, seed: int = 0):
-    """A small any-size U-Net with random weights, BatchNorm statistics included (not the identity)."""
-    keras.utils.set_random_seed(seed)
-    model = build_unet(bands, base_filters=filters, depth=depth, patch_size=None)
-    rng = np.random.default_rng(seed)
-    weights = []
-    for w in model.weights:
-        value = np.asarray(w)
-        if "moving_variance" in w.path:
-            value = rng.uniform(0.5, 2.0, value.shape)
-        elif "moving_mean" in w.path or "beta" in w.path:
-            value = rng.normal(0.0, 0.2, value.shape)
-        elif "gamma" in w.path:
-            value = rng.uniform(0.5, 1.5, value.shape)
-        weights.append(value.astype(np.float32))
-    model.set_weights(weights)
-    return model
+from tests.unet_support import random_unet
 
 
 @pytest.mark.parametrize("depth, margin, halo", [(1, 8, 8), (2, 22, 24), (3, 46, 48), (4, 94, 96)])
