@@ -5,6 +5,7 @@ One tiny run (4 filters, depth 2, 32x32 patches, 4 grids) is trained once per mo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,47 @@ def test_serving_output_equals_transform_then_model(trained_run):
     np.testing.assert_allclose(served, _in_memory_transform_then_model(run, raw), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="bands swir1, nir"):
         model(raw[..., :5])
+
+
+def test_keras_serving_model_equals_transform_then_model(trained_run):
+    """serving.keras (Normalization with the tf.Transform statistics + U-Net), loaded by the pipeline's
+    loader under TensorFlow, gives the transform-then-network probabilities to 1e-5."""
+    from model.export import KERAS_FILE, NORMALIZATION_LAYER
+    from transforms.inference import load_model
+
+    _, run = trained_run
+    model = load_model(str(run / "model" / KERAS_FILE))
+    raw, _ = synthetic_patches(3, 64, BANDS, seed=43, masked_fraction=0.01)
+    served = np.asarray(model(raw, training=False))
+    np.testing.assert_allclose(served, _in_memory_transform_then_model(run, raw), rtol=0, atol=1e-5)
+    card = json.loads((run / "model" / "model_card.json").read_text())
+    layer = model.get_layer(NORMALIZATION_LAYER)
+    stats = card["normalization"]["statistics"]
+    np.testing.assert_allclose(np.ravel(layer.mean), [stats[b]["mean"] for b in BANDS], rtol=1e-6)
+    np.testing.assert_allclose(np.sqrt(np.ravel(layer.variance)), [stats[b]["std"] for b in BANDS], rtol=1e-6)
+
+
+def test_keras_serving_model_under_jax(trained_run, tmp_path):
+    """The same file under KERAS_BACKEND=jax (a subprocess) gives the TensorFlow probabilities to 1e-5."""
+    import importlib.util
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed in this environment (the GPU image and bench/bench_gpu.py use it)")
+    from model.export import KERAS_FILE
+
+    _, run = trained_run
+    raw, _ = synthetic_patches(2, 32, BANDS, seed=44)
+    np.save(tmp_path / "raw.npy", raw)
+    code = (
+        "import os, sys, numpy as np, keras\n"
+        "assert keras.backend.backend() == 'jax'\n"
+        f"m = keras.models.load_model({str(run / 'model' / KERAS_FILE)!r}, compile=False)\n"
+        f"np.save({str(tmp_path / 'jax.npy')!r}, np.asarray(m(np.load({str(tmp_path / 'raw.npy')!r}), training=False)))\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), _in_memory_transform_then_model(run, raw), rtol=0, atol=1e-5)
 
 
 def test_exported_model_through_the_pipeline_handler_matches_in_memory(trained_run):
@@ -278,6 +320,13 @@ def test_block_split_c9_code_run_validates_on_its_blocks(tmp_path):
     assert card["metrics"]["data"]["validation_split_of"] == "block"
     assert card["normalization"]["statistics"]["green"] == {"mean": 0.0, "std": 255.0}
     assert card["bands"] == list(bands) and card["training"]["loss"] == "bce+dice"
+    # the c9-code normalisation (x / 255) in the portable .keras model: same probabilities as the SavedModel
+    from model.export import KERAS_FILE, load_serving_model
+    from transforms.inference import load_model
+
+    raw, _ = synthetic_patches(2, P, bands, seed=5)
+    portable = np.asarray(load_model(str(run / "model" / KERAS_FILE))(raw, training=False))
+    np.testing.assert_allclose(portable, load_serving_model(str(run / "model"))(raw), rtol=0, atol=1e-5)
 
 
 def test_export_refuses_to_overwrite_a_folder_that_is_not_a_model(trained_run, tmp_path):
