@@ -157,6 +157,24 @@ def test_keras_serving_model_under_jax(trained_run, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), _in_memory_transform_then_model(run, raw), rtol=0, atol=1e-5)
 
 
+def test_keras_serving_model_large_tiles_equal_the_handler(trained_run):
+    """The trained serving.keras (preprocessing inside) by large tiles gives the handler's record-wise classes."""
+    from model import tiling
+    from model.export import KERAS_FILE
+    from tests.unet_support import generated_export
+    from transforms.inference import PatchModelHandler, load_model
+
+    _, run = trained_run
+    model = load_model(str(run / "model" / KERAS_FILE))
+    geometry, patches = generated_export(2, 3, 32, 48, len(BANDS), seed=8)  # buffer 24 = the depth-2 halo
+    got = tiling.classify_large_tiles(lambda b: np.asarray(model(b, training=False)), model, geometry, patches, 0.5, tile=64)
+    expected = {c.index: c for c in PatchModelHandler("unused", 0.5, 1, 6).run_inference(patches, model)}
+    assert len(got) == 6
+    for c in got:
+        np.testing.assert_array_equal(c.classes, expected[c.index].classes)
+        np.testing.assert_array_equal(c.probability, expected[c.index].probability)
+
+
 def test_exported_model_through_the_pipeline_handler_matches_in_memory(trained_run):
     """The pipeline's own inference transform (RunInference with PatchModelHandler) loads the export."""
     import apache_beam as beam

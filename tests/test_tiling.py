@@ -163,12 +163,12 @@ def test_memory_and_cost_statements():
 
 
 def test_module_imports_without_tensorflow_or_beam():
-    """model.tiling and model.receptive_field import nothing of TensorFlow or Beam themselves."""
+    """model.tiling, model.receptive_field and model.inference import no TensorFlow, Beam or Keras themselves."""
     import subprocess
     import sys
 
     code = (
-        "import sys; import model.tiling, model.receptive_field; "
+        "import sys; import model.tiling, model.receptive_field, model.inference; "
         "bad = [m for m in ('tensorflow', 'apache_beam', 'keras') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
