@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         flops = receptive_field.count_flops(model, config.side, config.side)
         try:
             r = measure(model, config, fns, flops, repeats, min_seconds)
-        except Exception as error:  # out of memory on the card: say so and go on
+        except Exception as error:  # noqa: BLE001 - out of memory on the card: say so and go on
             print(f"{label}  failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
             continue
         results[config] = r

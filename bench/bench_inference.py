@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         if tile is None:
             window, inferred = geometry.record_side, len(patches) * geometry.record_side**2
             for name, fn in functions.items():
-                run = lambda fn=fn, name=name: outputs.__setitem__(name, record_wise(fn, patches, args.batch_size))
+                run = lambda fn=fn, name=name, outputs=outputs: outputs.__setitem__(name, record_wise(fn, patches, args.batch_size))
                 rates.append(core_px / best_seconds(run, args.repeats) / 1e6)
             stitched = {name: np.block([[out[r * args.grid + c] for c in range(args.grid)] for r in range(args.grid)])
                         for name, out in outputs.items()}
@@ -91,7 +91,8 @@ def main(argv=None) -> int:
             window, inferred = plan.window[0], plan.inferred_pixels
             stitched = {}
             for name, fn in functions.items():
-                run = lambda fn=fn, name=name: stitched.__setitem__(name, tiling.infer_mosaic(fn, mosaic, plan, args.batch_size))
+                run = lambda fn=fn, name=name, stitched=stitched, plan=plan: stitched.__setitem__(
+                    name, tiling.infer_mosaic(fn, mosaic, plan, args.batch_size))
                 rates.append(core_px / best_seconds(run, args.repeats) / 1e6)
         expected = np.block([[reference[r * args.grid + c] for c in range(args.grid)] for r in range(args.grid)])
         observed = mosaic.observed[128:-128, 128:-128]
