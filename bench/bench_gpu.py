@@ -197,7 +197,7 @@ def main(argv=None) -> int:
             continue
         results[config] = r
         share = f"{r['tflops'] / peak:>9.0%}" if peak else f"{'-':>9}"
-        print(f"{label}{r['tiles_s']:>10.1f}{r['patches_s']:>11.1f}{r['core_mpx_s']:>12.1f}{r['tflops']:>9.1f} {share}"
+        print(f"{label}{r['tiles_s']:>10.1f}{r['patches_s']:>11.1f}{r['core_mpx_s']:>12.1f}{r['tflops']:>9.3g} {share}"
               f"{r['memory_gib']:>14.1f}{r['collection_min']:>10.1f} min", flush=True)
     for precision in ("bfloat16", "float32"):
         best = {}

@@ -135,11 +135,13 @@ def test_keras_serving_model_equals_transform_then_model(trained_run):
 
 
 def test_keras_serving_model_under_jax(trained_run, tmp_path):
-    """The same file under KERAS_BACKEND=jax (a subprocess) gives the TensorFlow probabilities to 1e-5."""
-    import importlib.util
+    """The same file under KERAS_BACKEND=jax (a subprocess) gives the TensorFlow probabilities to 1e-5.
 
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed in this environment (the GPU image and bench/bench_gpu.py use it)")
+    The interpreter is this one, or MINING_MAPPER_JAX_PYTHON (one with jax and keras installed)."""
+    python = os.environ.get("MINING_MAPPER_JAX_PYTHON", sys.executable)
+    probe = subprocess.run([python, "-c", "import jax"], check=False, capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"jax is not importable by {python} (set MINING_MAPPER_JAX_PYTHON to an interpreter with jax and keras)")
     from model.export import KERAS_FILE
 
     _, run = trained_run
@@ -152,7 +154,7 @@ def test_keras_serving_model_under_jax(trained_run, tmp_path):
         f"np.save({str(tmp_path / 'jax.npy')!r}, np.asarray(m(np.load({str(tmp_path / 'raw.npy')!r}), training=False)))\n"
     )
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, check=False, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([python, "-c", code], env=env, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), _in_memory_transform_then_model(run, raw), rtol=0, atol=1e-5)
 
