@@ -66,6 +66,7 @@ bench: setup
 	$(BIN)/python bench/bench_filters.py
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_model.py
+	$(BIN)/python bench/bench_inference.py
 
 clean:
 	rm -rf $(VENV) $(AIRFLOW_VENV) out .pytest_cache .hypothesis

@@ -6,6 +6,10 @@ i.e. 0-255 floats) as float32 (batch, H, W, bands) in preset order; output: mini
 
 Layout of an exported model folder:
     saved_model.pb, variables/, assets/   the SavedModel (signature `serving_default`: bands -> probability)
+    serving.keras                          the same model for every Keras backend (TensorFlow, JAX):
+                                           a Normalization layer holding the tf.Transform statistics,
+                                           then the U-Net; inputs must be finite (the pipeline's reader
+                                           fills not-observed pixels with 0)
     model_card.json                        data, bands, preset, parameters, metrics, threshold, versions
 
 `load_serving_model(path)` returns a `ServingModel`: call it with a numpy batch, get numpy probabilities.
@@ -27,6 +31,8 @@ from pipeline.errors import UserError
 log = logging.getLogger(__name__)
 
 MODEL_CARD = "model_card.json"
+KERAS_FILE = "serving.keras"
+NORMALIZATION_LAYER = "band_standardization"
 SIGNATURE = "serving_default"
 INPUT_NAME = "bands"
 OUTPUT_NAME = "probability"
@@ -112,12 +118,59 @@ def export_serving_model(network, transform_dir: str, bands: Sequence[str], expo
         if not gfile.exists(posixpath.join(export_dir, "saved_model.pb")):
             raise UserError(f"{export_dir}: exists and is not an exported model; choose another folder")
         gfile.rmtree(export_dir)
-    transform_layer = load_transform(transform_dir).transform_features_layer()
+    tft_output = load_transform(transform_dir)
+    transform_layer = tft_output.transform_features_layer()
     module = make_serving_module(network, transform_layer, bands)
     tf.saved_model.save(module, export_dir, signatures={SIGNATURE: module.signature})
+    save_keras_model(keras_serving_model(network, transform_statistics(tft_output, bands), bands), posixpath.join(export_dir, KERAS_FILE))
     write_model_card(export_dir, card)
     log.info("exported serving model to %s", export_dir)
     return export_dir
+
+
+def transform_statistics(tft_output, bands: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Mean and std per band as the transform graph applies them (z-score, or 0 and 255 for c9-code)."""
+    from model.preprocessing import band_statistics
+
+    return band_statistics(tft_output, bands)
+
+
+def keras_serving_model(network, statistics: dict[str, dict[str, float]], bands: Sequence[str]):
+    """Raw bands (B, H, W, n) -> probability: a Normalization layer with the statistics, then `network`.
+
+    Built-in layers only, so the `.keras` file loads under every Keras backend with no custom
+    objects: Normalization computes (x - mean) / sqrt(variance) with variance = std², the
+    transform's own formula (in float32 instead of the transform's float64: within 1e-5 after the
+    network). Unlike the SavedModel it does not map NaN to 0: inputs must be finite.
+    """
+    import keras
+
+    bands = list(bands)
+    missing = [b for b in bands if b not in statistics]
+    if missing:
+        raise ValueError(f"no statistics for band(s) {', '.join(missing)}")
+    normalize = keras.layers.Normalization(
+        axis=-1,
+        mean=[float(statistics[b]["mean"]) for b in bands],
+        variance=[float(statistics[b]["std"]) ** 2 for b in bands],
+        name=NORMALIZATION_LAYER,
+        dtype="float32",
+    )
+    inputs = keras.Input((None, None, len(bands)), dtype="float32", name=INPUT_NAME)
+    return keras.Model(inputs, network(normalize(inputs)), name="mining_unet_serving")
+
+
+def save_keras_model(model, path: str) -> str:
+    """Save a Keras model as a `.keras` file at a local or gs:// path (written locally, then copied)."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="keras-") as folder:
+        local = os.path.join(folder, posixpath.basename(path))
+        model.save(local)
+        _gfile().copy(local, path, overwrite=True)
+    log.info("wrote the Keras serving model %s", path)
+    return path
 
 
 def read_model_card(model_dir: str) -> dict:

@@ -17,7 +17,9 @@
 
 Every key is built here, by the constructors below (`ExportPatch.key`, `ClassifiedPatch.key`,
 `TileKey.of`, `GridYearKey.of`). Keys are NamedTuples of str and int with a deterministic Beam coder
-each (registered at import), so GroupByKey and CoGroupByKey group them the same on every worker.
+each (registered at import when Beam is installed), so GroupByKey and CoGroupByKey group them the same
+on every worker. Elements are frozen dataclasses: Beam pickles them (a non-frozen dataclass would be
+turned into a schema row), and their serialisation methods are not called `as_dict` for the same reason.
 """
 from __future__ import annotations
 
@@ -27,7 +29,11 @@ from collections.abc import Mapping
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
-from apache_beam import coders
+
+try:
+    from apache_beam import coders
+except ImportError:  # the inference code (model/tiling.py) also runs where Beam is not installed
+    coders = None
 
 from pipeline.contract import crop_buffer
 
@@ -73,59 +79,61 @@ class TileKey(NamedTuple):
         return cls(str(element.grid), int(element.row), int(element.col))
 
 
-class _KeyCoder(coders.Coder):
-    """A deterministic coder for a NamedTuple key: its fields in order, with Beam's str and varint coders."""
+if coders is not None:  # Beam is there (everywhere but a bare inference machine): deterministic key coders
 
-    def __init__(self, key_type: type, field_coders: list[coders.Coder]):
-        self._key_type = key_type
-        self._tuple = coders.TupleCoder(field_coders)
+    class _KeyCoder(coders.Coder):
+        """A deterministic coder for a NamedTuple key: its fields in order, with Beam's str and varint coders."""
 
-    def encode(self, value) -> bytes:
-        """The key's fields as bytes (equal keys, equal bytes)."""
-        return self._tuple.encode(tuple(value))
+        def __init__(self, key_type: type, field_coders: list[coders.Coder]):
+            self._key_type = key_type
+            self._tuple = coders.TupleCoder(field_coders)
 
-    def decode(self, encoded: bytes):
-        """The key back from its bytes."""
-        return self._key_type(*self._tuple.decode(encoded))
+        def encode(self, value) -> bytes:
+            """The key's fields as bytes (equal keys, equal bytes)."""
+            return self._tuple.encode(tuple(value))
 
-    def is_deterministic(self) -> bool:
-        """Equal keys always encode to equal bytes (required for grouping)."""
-        return True
+        def decode(self, encoded: bytes):
+            """The key back from its bytes."""
+            return self._key_type(*self._tuple.decode(encoded))
 
-    def to_type_hint(self):
-        """The key type this coder encodes."""
-        return self._key_type
+        def is_deterministic(self) -> bool:
+            """Equal keys always encode to equal bytes (required for grouping)."""
+            return True
 
-    def __eq__(self, other) -> bool:
-        return type(self) is type(other)
+        def to_type_hint(self):
+            """The key type this coder encodes."""
+            return self._key_type
 
-    def __hash__(self) -> int:
-        return hash(type(self))
+        def __eq__(self, other) -> bool:
+            return type(self) is type(other)
 
-
-class GridYearKeyCoder(_KeyCoder):
-    """Deterministic coder of GridYearKey."""
-
-    def __init__(self):
-        super().__init__(GridYearKey, [coders.StrUtf8Coder(), coders.VarIntCoder()])
+        def __hash__(self) -> int:
+            return hash(type(self))
 
 
-class PatchKeyCoder(_KeyCoder):
-    """Deterministic coder of PatchKey."""
+    class GridYearKeyCoder(_KeyCoder):
+        """Deterministic coder of GridYearKey."""
 
-    def __init__(self):
-        super().__init__(PatchKey, [coders.StrUtf8Coder(), coders.VarIntCoder(), coders.VarIntCoder()])
-
-
-class TileKeyCoder(_KeyCoder):
-    """Deterministic coder of TileKey."""
-
-    def __init__(self):
-        super().__init__(TileKey, [coders.StrUtf8Coder(), coders.VarIntCoder(), coders.VarIntCoder()])
+        def __init__(self):
+            super().__init__(GridYearKey, [coders.StrUtf8Coder(), coders.VarIntCoder()])
 
 
-for _key, _coder in ((GridYearKey, GridYearKeyCoder), (PatchKey, PatchKeyCoder), (TileKey, TileKeyCoder)):
-    coders.registry.register_coder(_key, _coder)
+    class PatchKeyCoder(_KeyCoder):
+        """Deterministic coder of PatchKey."""
+
+        def __init__(self):
+            super().__init__(PatchKey, [coders.StrUtf8Coder(), coders.VarIntCoder(), coders.VarIntCoder()])
+
+
+    class TileKeyCoder(_KeyCoder):
+        """Deterministic coder of TileKey."""
+
+        def __init__(self):
+            super().__init__(TileKey, [coders.StrUtf8Coder(), coders.VarIntCoder(), coders.VarIntCoder()])
+
+
+    for _key, _coder in ((GridYearKey, GridYearKeyCoder), (PatchKey, PatchKeyCoder), (TileKey, TileKeyCoder)):
+        coders.registry.register_coder(_key, _coder)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ One tiny run (4 filters, depth 2, 32x32 patches, 4 grids) is trained once per mo
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,67 @@ def test_serving_output_equals_transform_then_model(trained_run):
     np.testing.assert_allclose(served, _in_memory_transform_then_model(run, raw), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="bands swir1, nir"):
         model(raw[..., :5])
+
+
+def test_keras_serving_model_equals_transform_then_model(trained_run):
+    """serving.keras (Normalization with the tf.Transform statistics + U-Net), loaded by the pipeline's
+    loader under TensorFlow, gives the transform-then-network probabilities to 1e-5."""
+    from model.export import KERAS_FILE, NORMALIZATION_LAYER
+    from transforms.inference import load_model
+
+    _, run = trained_run
+    model = load_model(str(run / "model" / KERAS_FILE))
+    raw, _ = synthetic_patches(3, 64, BANDS, seed=43, masked_fraction=0.01)
+    served = np.asarray(model(raw, training=False))
+    np.testing.assert_allclose(served, _in_memory_transform_then_model(run, raw), rtol=0, atol=1e-5)
+    card = json.loads((run / "model" / "model_card.json").read_text())
+    layer = model.get_layer(NORMALIZATION_LAYER)
+    stats = card["normalization"]["statistics"]
+    np.testing.assert_allclose(np.ravel(layer.mean), [stats[b]["mean"] for b in BANDS], rtol=1e-6)
+    np.testing.assert_allclose(np.sqrt(np.ravel(layer.variance)), [stats[b]["std"] for b in BANDS], rtol=1e-6)
+
+
+def test_keras_serving_model_under_jax(trained_run, tmp_path):
+    """The same file under KERAS_BACKEND=jax (a subprocess) gives the TensorFlow probabilities to 1e-5.
+
+    The interpreter is this one, or MINING_MAPPER_JAX_PYTHON (one with jax and keras installed)."""
+    python = os.environ.get("MINING_MAPPER_JAX_PYTHON", sys.executable)
+    probe = subprocess.run([python, "-c", "import jax"], check=False, capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"jax is not importable by {python} (set MINING_MAPPER_JAX_PYTHON to an interpreter with jax and keras)")
+    from model.export import KERAS_FILE
+
+    _, run = trained_run
+    raw, _ = synthetic_patches(2, 32, BANDS, seed=44)
+    np.save(tmp_path / "raw.npy", raw)
+    code = (
+        "import os, sys, numpy as np, keras\n"
+        "assert keras.backend.backend() == 'jax'\n"
+        f"m = keras.models.load_model({str(run / 'model' / KERAS_FILE)!r}, compile=False)\n"
+        f"np.save({str(tmp_path / 'jax.npy')!r}, np.asarray(m(np.load({str(tmp_path / 'raw.npy')!r}), training=False)))\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run([python, "-c", code], env=env, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "jax.npy"), _in_memory_transform_then_model(run, raw), rtol=0, atol=1e-5)
+
+
+def test_keras_serving_model_large_tiles_equal_the_handler(trained_run):
+    """The trained serving.keras (preprocessing inside) by large tiles gives the handler's record-wise classes."""
+    from model import tiling
+    from model.export import KERAS_FILE
+    from tests.unet_support import generated_export
+    from transforms.inference import PatchModelHandler, load_model
+
+    _, run = trained_run
+    model = load_model(str(run / "model" / KERAS_FILE))
+    geometry, patches = generated_export(2, 3, 32, 48, len(BANDS), seed=8)  # buffer 24 = the depth-2 halo
+    got = tiling.classify_large_tiles(lambda b: np.asarray(model(b, training=False)), model, geometry, patches, 0.5, tile=64)
+    expected = {c.index: c for c in PatchModelHandler("unused", threshold=0.5, min_batch_size=1, max_batch_size=6).run_inference(patches, model)}
+    assert len(got) == 6
+    for c in got:
+        np.testing.assert_array_equal(c.classes, expected[c.index].classes)
+        np.testing.assert_array_equal(c.probability, expected[c.index].probability)
 
 
 def test_exported_model_through_the_pipeline_handler_matches_in_memory(trained_run):
@@ -279,6 +341,13 @@ def test_block_split_c9_code_run_validates_on_its_blocks(tmp_path):
     assert card["metrics"]["data"]["validation_split_of"] == "block"
     assert card["normalization"]["statistics"]["green"] == {"mean": 0.0, "std": 1.0}  # raw bytes, no division
     assert card["bands"] == list(bands) and card["training"]["loss"] == "bce+dice"
+    # the c9-code normalisation (x / 255) in the portable .keras model: same probabilities as the SavedModel
+    from model.export import KERAS_FILE, load_serving_model
+    from transforms.inference import load_model
+
+    raw, _ = synthetic_patches(2, P, bands, seed=5)
+    portable = np.asarray(load_model(str(run / "model" / KERAS_FILE))(raw, training=False))
+    np.testing.assert_allclose(portable, load_serving_model(str(run / "model"))(raw), rtol=0, atol=1e-5)
 
 
 def test_export_refuses_to_overwrite_a_folder_that_is_not_a_model(trained_run, tmp_path):
