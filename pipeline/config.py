@@ -40,6 +40,15 @@ class RunConfig:
     probability_band: bool
     origin_band: bool
     require_gpu: bool
+    inference_tile: int | None = 0
+    """0: record-wise; N: large tiles of N px core; None: a whole grid-year at once."""
+    inference_precision: str = "float32"
+    inference_memory_bytes: int = 12 << 30
+
+    @property
+    def large_tiles(self) -> bool:
+        """Whether inference assembles each grid-year and runs on large tiles instead of records."""
+        return self.inference_tile != 0
 
     def route_for(self, grid: str) -> ModelRoute:
         """The model that classifies a grid: its state model, else the national one."""

@@ -3,6 +3,7 @@
     (grid, year) asked for                                  GridYearKey
       │ ReadEarthEngineExports (transforms/read.py)
       ├─► (PatchKey, ExportPatch)          one record: bands with the kernel buffer, observed mask
+      │   or (GridYearKey, GridYearRecords) every record of the export, for large-tile inference
       ├─► (GridYearKey, ExportGeometry)    the export's mixer geometry and kernel
       ├─► (GridYearKey, MissingExport)     no export folder or mixer
       └─► (GridYearKey, DeadLetter)        a record, shard or mixer that could not be read, and why
@@ -284,6 +285,14 @@ class MissingExport:
     reason: str
 
 ReadEvent = ExportPatch | ExportGeometry | DeadLetter | MissingExport
+
+
+@dataclass(frozen=True)
+class GridYearRecords:
+    """Every readable record of one export with its geometry: what large-tile inference assembles."""
+
+    geometry: ExportGeometry
+    patches: tuple[ExportPatch, ...]
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from pipeline.method.filters import MODES, FilterParams
 from pipeline.flags import SwitchAction
 from pipeline.ranges import parse_int_list
 
+PRECISIONS = ("float32", "bfloat16", "float16")
+
 SPATIAL_FILTER_PLACES = ("local", "earthengine", "off")
 
 
@@ -40,10 +42,33 @@ class MiningMapperOptions(PipelineOptions):
                             "nothing: --spatial_filter off reproduces it; --filter_mode c9-code filters class 30 as its own preview line does")
         parser.add_argument("--min_batch_size", type=int, default=1, help="inference: smallest batch of patches")
         parser.add_argument("--max_batch_size", type=int, default=16, help="inference: largest batch of patches")
+        parser.add_argument("--inference_tile", default="", help="large-tile inference: the core size in pixels of each tile (a multiple of the network's "
+                            "pooling grid, e.g. 1024), or 'grid' for a whole grid-year at once; each tile carries the network's derived halo "
+                            "and the result equals record-wise inference bit for bit in float32 (DESIGN §1.5). Empty (default): record-wise, "
+                            "the model sees each kernel-buffered record (4x the core pixels for the published geometry). Needs the "
+                            "serving.keras of `mining-mapper train`; exports whose buffer is smaller than the halo fall back to record-wise")
+        parser.add_argument("--inference_precision", default="float32", choices=list(PRECISIONS), help="float32 (exact), or bfloat16/float16 "
+                            "mixed precision (16-bit computation, float32 probabilities), XLA-compiled; a few pixels near the threshold "
+                            "may change class (the benchmark reports how many)")
+        parser.add_argument("--inference_memory_gb", type=float, default=12.0, help="accelerator memory (GiB) one inference batch may use: "
+                            "large-tile batches are cut to fit it (T4 16 GB, L4 24 GB, H200 141 GB; leave room for the runtime)")
         parser.add_argument("--export_nodata", default="-9999", help="comma list of values that mark masked pixels in the exports (besides NaN and a 0 in the first band)")
         parser.add_argument("--probability_band", action=SwitchAction, help="add the probability (p × 255) as a band of each COG")
         parser.add_argument("--origin_band", action=SwitchAction, help="add the gap-fill origin year (year − 1900) as a band of each COG")
         parser.add_argument("--require_gpu", action=SwitchAction, help="fail at start-up when no GPU is visible to TensorFlow")
+
+
+def parse_inference_tile(text: str, problems: list[str]) -> int | None:
+    """--inference_tile: '' → 0 (record-wise), 'grid' → None (a whole grid-year), N → N px (appends problems)."""
+    text = str(text or "").strip().lower()
+    if not text:
+        return 0
+    if text == "grid":
+        return None
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    problems.append(f"--inference_tile {text!r}: expected a core size in pixels (e.g. 1024) or 'grid'")
+    return 0
 
 
 def load_routes(national: str | None, routing_file: str) -> tuple[ModelRoute, ...]:
@@ -105,6 +130,9 @@ def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | No
         problems.append("--output is required")
     if not 0.0 < view.threshold < 1.0:
         problems.append(f"--threshold must be strictly between 0 and 1, not {view.threshold}")
+    tile = parse_inference_tile(view.inference_tile, problems)
+    if view.inference_memory_gb <= 0:
+        problems.append(f"--inference_memory_gb must be positive, not {view.inference_memory_gb}")
     if view.min_batch_size < 1 or view.max_batch_size < view.min_batch_size:
         problems.append(f"--min_batch_size ({view.min_batch_size}) must be ≥ 1 and ≤ --max_batch_size ({view.max_batch_size})")
     try:
@@ -146,6 +174,9 @@ def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | No
         spatial_filter=view.spatial_filter,
         min_batch_size=view.min_batch_size,
         max_batch_size=view.max_batch_size,
+        inference_tile=tile,
+        inference_precision=view.inference_precision,
+        inference_memory_bytes=int(view.inference_memory_gb * (1 << 30)),
         export_nodata=nodata,
         probability_band=view.probability_band == "true",
         origin_band=view.origin_band == "true",

@@ -1,13 +1,22 @@
-"""Batched U-Net inference with Beam's RunInference: patches in, classified patches out.
+"""Batched U-Net inference with Beam's RunInference: records or whole grid-years in, classified patches out.
 
-`PatchModelHandler` is a Beam `ModelHandler` (the contract of apache_beam.ml.inference): RunInference
-loads the model once per worker process and shares it between threads, batches patches between
-the min and max batch sizes, and calls `run_inference` per batch. The same code runs on CPU and GPU
-(TensorFlow places the model). Each grid is routed to its model (national, or a state model).
+Two Beam `ModelHandler`s (the contract of apache_beam.ml.inference): RunInference loads the model once per
+worker process and shares it between threads, batches elements, and calls `run_inference` per batch.
+- `PatchModelHandler` (record-wise, the default): the model sees each kernel-buffered record, batched
+  between the min and max batch sizes; the buffer is cropped afterwards.
+- `GridYearModelHandler` (`--inference_tile`): one grid-year's records are assembled into its mosaic and
+  the model runs on large tiles carrying the network's derived halo (`model.tiling`); the classes and
+  probabilities equal record-wise ones bit for bit in float32. An export whose buffer is smaller than the
+  halo is inferred record-wise, and the log says why.
+Precision: float32 runs the serving model as exported; bfloat16/float16 run the Keras serving model
+(`serving.keras`) under the mixed policy, XLA-compiled (`model.inference.make_inference_fn`). The same code
+runs on CPU and GPU. Each grid is routed to its model (national, or a state model).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -18,30 +27,105 @@ from apache_beam.metrics import Metrics
 
 from model.gpu import check_gpu
 from pipeline.config import RunConfig
-from pipeline.elements import ClassifiedPatch, ExportPatch, PatchKey
+from pipeline.elements import ClassifiedPatch, ExportPatch, GridYearRecords, PatchKey
+from pipeline.errors import UserError
 from pipeline.method.tiles import classify_patch, not_observed_patch
 from transforms.metrics import NAMESPACE, RUN_INFERENCE_NAMESPACE
+
+
+log = logging.getLogger(__name__)
+
+
+def _load_keras_file(path: str):
+    import keras
+
+    from apache_beam.io.filesystems import FileSystems
+
+    local = path
+    if "://" in path:
+        import os
+        import tempfile
+
+        local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
+        with FileSystems.open(path) as source, open(local, "wb") as target:
+            target.write(source.read())
+    return keras.models.load_model(local, compile=False)
 
 
 def load_model(path: str):
     """Load a serving model: a Keras file (`.keras`/`.h5`) directly, else through `model.export`."""
     if path.endswith((".keras", ".h5")):
-        import keras
-
-        from apache_beam.io.filesystems import FileSystems
-
-        local = path
-        if "://" in path:
-            import os
-            import tempfile
-
-            local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
-            with FileSystems.open(path) as source, open(local, "wb") as target:
-                target.write(source.read())
-        return keras.models.load_model(local, compile=False)
+        return _load_keras_file(path)
     from model.export import load_serving_model
 
     return load_serving_model(path)
+
+
+def load_keras_network(path: str):
+    """The Keras serving model of `path`: the file itself, or the `serving.keras` beside a SavedModel.
+
+    Large tiles need its architecture (the derived halo) and 16-bit precisions its layers; a model
+    exported before `serving.keras` existed is refused with a clear line.
+    """
+    if path.endswith((".keras", ".h5")):
+        return _load_keras_file(path)
+    from model.export import KERAS_FILE
+
+    from pipeline.io.filesystem import exists, join
+
+    keras_path = join(path, KERAS_FILE)
+    if not exists(keras_path):
+        raise UserError(f"{path}: no {KERAS_FILE} beside the SavedModel; --inference_tile and 16-bit --inference_precision "
+                        "need it (export the model again with `mining-mapper train`)")
+    return _load_keras_file(keras_path)
+
+
+@dataclasses.dataclass
+class InferenceModel:
+    """What the handlers run: a predict callable (batch (B, H, W, bands) → probabilities) and, when
+    loaded, the Keras network whose architecture sets the large-tile halo."""
+
+    predict: Callable[[np.ndarray], np.ndarray]
+    network: Any = None
+
+    def __call__(self, inputs, training: bool = False) -> np.ndarray:
+        return np.asarray(self.predict(inputs))
+
+
+def load_inference_model(path: str, precision: str = "float32", *, need_network: bool = False) -> InferenceModel:
+    """The model a handler runs at `precision`: float32 calls the serving model as exported (exact, as
+    record-wise inference always did); bfloat16/float16 compile the Keras serving model in mixed precision."""
+    from model.inference import make_inference_fn
+
+    if precision == "float32":
+        served = load_model(path)
+        network = served if hasattr(served, "layers") else (load_keras_network(path) if need_network else None)
+        return InferenceModel(lambda batch: served(batch, training=False), network)
+    network = load_keras_network(path)
+    return InferenceModel(make_inference_fn(network, precision), network)
+
+
+def classify_records(patches: Sequence[ExportPatch], model, threshold: float) -> tuple[list[ClassifiedPatch], int, int]:
+    """Record-wise classification of export patches: (classified in the same order, patches inferred,
+    patches skipped because nothing is observed in their core). One model call per record size."""
+    results: list[ClassifiedPatch | None] = [None] * len(patches)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    skipped = 0
+    for i, patch in enumerate(patches):
+        if not patch.core()[1].any():  # nothing observed inside the patch itself: no model call
+            classes, probability = not_observed_patch(patch.bands.shape[0] - patch.kernel)
+            results[i] = ClassifiedPatch.of(patch, classes, probability)
+            skipped += 1
+            continue
+        by_shape.setdefault(patch.bands.shape, []).append(i)
+    for indices in by_shape.values():
+        inputs = np.stack([np.nan_to_num(patches[i].bands, nan=0.0) for i in indices]).astype(np.float32, copy=False)
+        probabilities = np.asarray(model(inputs, training=False))
+        for j, i in enumerate(indices):
+            patch = patches[i]
+            classes, probability = classify_patch(probabilities[j], patch.observed, patch.kernel, threshold)
+            results[i] = ClassifiedPatch.of(patch, classes, probability)
+    return results, len(patches) - skipped, skipped
 
 
 class PatchModelHandler(ModelHandler[ExportPatch, ClassifiedPatch, Any]):
@@ -51,9 +135,11 @@ class PatchModelHandler(ModelHandler[ExportPatch, ClassifiedPatch, Any]):
     probabilities afterwards, and not-observed pixels stay 255 (DESIGN.md §2).
     """
 
-    def __init__(self, model_path: str, *, threshold: float, min_batch_size: int = 1, max_batch_size: int = 16, require_gpu: bool = False):
+    def __init__(self, model_path: str, *, threshold: float, min_batch_size: int = 1, max_batch_size: int = 16, require_gpu: bool = False,
+                 precision: str = "float32"):
         super().__init__()
         self._model_path = model_path
+        self._precision = precision
         self._require_gpu = require_gpu
         self._threshold = threshold
         self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
@@ -63,7 +149,7 @@ class PatchModelHandler(ModelHandler[ExportPatch, ClassifiedPatch, Any]):
     def load_model(self):
         """Load the serving model (once per worker process; RunInference shares it), on a GPU if required."""
         check_gpu(self._require_gpu)
-        return load_model(self._model_path)
+        return load_inference_model(self._model_path, self._precision)
 
     def update_model_path(self, model_path: str | None = None) -> None:
         """Point the handler at another model (Beam's model-update hook)."""
@@ -75,23 +161,9 @@ class PatchModelHandler(ModelHandler[ExportPatch, ClassifiedPatch, Any]):
 
     def run_inference(self, batch: Sequence[Any], model, inference_args=None) -> Iterable[ClassifiedPatch]:
         """Classify a batch of ExportPatch: one model call per distinct record size in the batch."""
-        results: list[ClassifiedPatch | None] = [None] * len(batch)
-        by_shape: dict[tuple[int, ...], list[int]] = {}
-        for i, patch in enumerate(batch):
-            if not patch.core()[1].any():  # nothing observed inside the patch itself: no model call
-                classes, probability = not_observed_patch(patch.bands.shape[0] - patch.kernel)
-                results[i] = ClassifiedPatch.of(patch, classes, probability)
-                self._skipped.inc()
-                continue
-            by_shape.setdefault(patch.bands.shape, []).append(i)
-        for indices in by_shape.values():
-            inputs = np.stack([np.nan_to_num(batch[i].bands, nan=0.0) for i in indices]).astype(np.float32, copy=False)
-            probabilities = np.asarray(model(inputs, training=False))
-            for j, i in enumerate(indices):
-                patch = batch[i]
-                classes, probability = classify_patch(probabilities[j], patch.observed, patch.kernel, self._threshold)
-                results[i] = ClassifiedPatch.of(patch, classes, probability)
-            self._inferred.inc(len(indices))
+        results, inferred, skipped = classify_records(batch, model, self._threshold)
+        self._inferred.inc(inferred)
+        self._skipped.inc(skipped)
         return results
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
@@ -103,8 +175,108 @@ class PatchModelHandler(ModelHandler[ExportPatch, ClassifiedPatch, Any]):
         return RUN_INFERENCE_NAMESPACE
 
 
+class GridYearModelHandler(ModelHandler[GridYearRecords, list, InferenceModel]):
+    """Classifies whole grid-years by large tiles (`model.tiling`): one grid-year per model call batch.
+
+    Memory per worker: the grid-year's records (as read) plus its mosaic (~300 MB of float32 bands for a
+    C9 grid-year, `model.tiling.mosaic_bytes`) plus one batch of tiles, whose size is cut so that
+    `model.tiling.tile_memory` stays within `memory_bytes`.
+    """
+
+    def __init__(self, model_path: str, *, threshold: float, tile: int | None, precision: str = "float32", max_batch_size: int = 16,
+                 memory_bytes: int = 12 << 30, require_gpu: bool = False):
+        super().__init__()
+        self._model_path = model_path
+        self._threshold = threshold
+        self._tile = tile
+        self._precision = precision
+        self._max_batch = max_batch_size
+        self._memory = memory_bytes
+        self._require_gpu = require_gpu
+        self._inferred = Metrics.counter(NAMESPACE, "patches_inferred")
+        self._tiled = Metrics.counter(NAMESPACE, "grid_years_large_tiles")
+        self._fallback = Metrics.counter(NAMESPACE, "grid_years_record_wise_fallback")
+        self._pixels = Metrics.counter(NAMESPACE, "pixels_inferred")
+
+    def load_model(self) -> InferenceModel:
+        """The network (its architecture gives the halo) and its predict function, once per worker process."""
+        check_gpu(self._require_gpu)
+        return load_inference_model(self._model_path, self._precision, need_network=True)
+
+    def batch_elements_kwargs(self):
+        """One grid-year per call: a grid-year is already hundreds of records."""
+        return {"min_batch_size": 1, "max_batch_size": 1}
+
+    def run_inference(self, batch: Sequence[GridYearRecords], model: InferenceModel, inference_args=None) -> Iterable[list]:
+        """Classify each grid-year of the batch: large tiles, or record-wise where the export's buffer is too small."""
+        from model.tiling import assemble_mosaic, classify_mosaic, infer_mosaic, largest_batch, plan_tiles, tiling_unavailable
+
+        results = []
+        for records in batch:
+            if not records.patches:
+                results.append([])
+                continue
+            reason = tiling_unavailable(records.geometry, model.network)
+            if reason:
+                log.warning("%s", reason)
+                self._fallback.inc()
+                classified, inferred, _ = classify_records(records.patches, model, self._threshold)
+                self._inferred.inc(inferred)
+                results.append(classified)
+                continue
+            mosaic = assemble_mosaic(records.geometry, records.patches)
+            plan = plan_tiles(mosaic, model.network, self._tile)
+            bands = mosaic.bands.shape[-1]
+            fits = largest_batch(model.network, plan.window, bands, self._memory, self._precision)
+            if fits < 1:
+                raise UserError(f"grid {records.geometry.grid} year {records.geometry.year}: one {plan.window[0]}x{plan.window[1]} tile needs more "
+                                f"than --inference_memory_gb {self._memory / (1 << 30):g}; choose a smaller --inference_tile")
+            probability = infer_mosaic(model.predict, mosaic, plan, batch_size=max(1, min(self._max_batch, fits)))
+            self._tiled.inc()
+            self._pixels.inc(plan.inferred_pixels)
+            self._inferred.inc(len(mosaic.present))
+            results.append(classify_mosaic(mosaic, probability, self._threshold))
+        return results
+
+    def get_num_bytes(self, batch: Sequence[GridYearRecords]) -> int:
+        """Bytes of input in a batch (RunInference's throughput metric)."""
+        return sum(p.bands.nbytes for records in batch for p in records.patches)
+
+    def get_metrics_namespace(self) -> str:
+        """RunInference's metrics namespace."""
+        return RUN_INFERENCE_NAMESPACE
+
+
+def _handler(route, config: RunConfig) -> ModelHandler:
+    if config.large_tiles:
+        return GridYearModelHandler(
+            route.path,
+            threshold=config.threshold,
+            tile=config.inference_tile,
+            precision=config.inference_precision,
+            max_batch_size=config.max_batch_size,
+            memory_bytes=config.inference_memory_bytes,
+            require_gpu=config.require_gpu,
+        )
+    return PatchModelHandler(
+        route.path,
+        threshold=config.threshold,
+        min_batch_size=config.min_batch_size,
+        max_batch_size=config.max_batch_size,
+        require_gpu=config.require_gpu,
+        precision=config.inference_precision,
+    )
+
+
+def _patches_of(element):
+    _, classified = element
+    for patch in classified:
+        yield patch.key, patch
+
+
 class ClassifyPatches(beam.PTransform):
-    """(PatchKey, ExportPatch) → (PatchKey, ClassifiedPatch), each grid classified by its model.
+    """(PatchKey, ExportPatch) → (PatchKey, ClassifiedPatch), each grid classified by its model; with
+    `config.large_tiles`, (GridYearKey, GridYearRecords) → (PatchKey, ClassifiedPatch) by large tiles.
 
     Routing is a `Partition` by grid into one RunInference per model rather than Beam's
     `KeyedModelHandler` with `KeyModelMapping`: with a mapping, RunInference batches elements of every
@@ -124,16 +296,15 @@ class ClassifyPatches(beam.PTransform):
         )
         classified = []
         for route, part in zip(routes, parts):
-            handler = KeyedModelHandler(
-                PatchModelHandler(
-                    route.path,
-                    threshold=config.threshold,
-                    min_batch_size=config.min_batch_size,
-                    max_batch_size=config.max_batch_size,
-                    require_gpu=config.require_gpu,
+            keyed = typehints.KV[PatchKey, ClassifiedPatch]
+            inference = RunInference(KeyedModelHandler(_handler(route, config)))
+            if config.large_tiles:
+                inferred = (
+                    part
+                    | f"Infer {route.name}" >> inference
+                    | f"Patches of {route.name}" >> beam.FlatMap(_patches_of).with_output_types(keyed)
                 )
-            )
-            classified.append(
-                part | f"Infer {route.name}" >> RunInference(handler).with_output_types(typehints.KV[PatchKey, ClassifiedPatch])
-            )
+            else:
+                inferred = part | f"Infer {route.name}" >> inference.with_output_types(keyed)
+            classified.append(inferred)
         return classified | "Merge models" >> beam.Flatten()

@@ -47,6 +47,8 @@ def run_parameters(config: RunConfig) -> dict:
         "threshold": config.threshold,
         "spatial_filter": config.spatial_filter,
         "filter_parameters": config.filter_params.as_dict(),
+        "inference_tile": "grid" if config.inference_tile is None else config.inference_tile,
+        "inference_precision": config.inference_precision,
         "probability_band": config.probability_band,
         "origin_band": config.origin_band,
     }
@@ -93,7 +95,8 @@ class MiningMapperJob(beam.PTransform):
         # the fused read → inference stage over the workers; a reshuffle would move every float32 record
         # (up to 512 × 512 × 6 × 4 bytes each) through the shuffle instead of the 256 × 256 uint8 classes.
         read = pbegin | "Read exports" >> ReadEarthEngineExports(
-            config.exports, config.grid_years(), config.bands, config.export_nodata, reshuffle=False
+            config.exports, config.grid_years(), config.bands, config.export_nodata, reshuffle=False,
+            per_export=config.large_tiles,
         )
         classified = read[PATCHES] | "Classify" >> ClassifyPatches(config=config)
         tiles = classified | "Filter" >> FilterTiles(

@@ -12,7 +12,7 @@ from apache_beam import pvalue, typehints
 from apache_beam.metrics import Metrics
 
 from pipeline.contract import DEFAULT_NODATA
-from pipeline.elements import DeadLetter, ExportGeometry, ExportPatch, GridYearKey, MissingExport, PatchKey
+from pipeline.elements import DeadLetter, ExportGeometry, ExportPatch, GridYearKey, GridYearRecords, MissingExport, PatchKey
 from pipeline.io.export_layout import export_dir_of
 from pipeline.io.export_reader import read_export
 from transforms.metrics import READ_NAMESPACE
@@ -33,8 +33,10 @@ class _ReadExportFn(beam.DoFn):
         nodata_values: tuple[float, ...],
         kernel: int | None,
         fill_value: float | None,
+        per_export: bool = False,
     ):
         super().__init__()
+        self._per_export = per_export
         self._root = exports_root
         self._bands = bands
         self._nodata = nodata_values
@@ -50,6 +52,7 @@ class _ReadExportFn(beam.DoFn):
         """Read one (grid, year) export, routing each event to its output and counting it."""
         grid, year = element
         export_dir = export_dir_of(self._root, grid, year)
+        patches: list[ExportPatch] = []
         for event in read_export(
             export_dir, grid, year, self._bands, self._nodata, kernel=self._kernel, fill_value=self._fill
         ):
@@ -57,9 +60,14 @@ class _ReadExportFn(beam.DoFn):
                 self._patches.inc()
                 _, core_observed = event.core()
                 self._not_observed.inc(int(core_observed.size - int(core_observed.sum())))
-                yield (event.key, event)
+                if self._per_export:
+                    patches.append(event)
+                else:
+                    yield (event.key, event)
             elif isinstance(event, ExportGeometry):
                 self._exports.inc()
+                if self._per_export and patches:  # the geometry comes last, with the kernel read from the records
+                    yield (GridYearKey.of(event), GridYearRecords(event, tuple(patches)))
                 yield pvalue.TaggedOutput(GEOMETRY, (GridYearKey.of(event), event))
             elif isinstance(event, DeadLetter):
                 self._dead.inc()
@@ -85,6 +93,9 @@ class ReadEarthEngineExports(beam.PTransform):
     Metrics (namespace "mining_mapper.read"): patches_read, not_observed_pixels (in the unbuffered
     patches), dead_letters, missing_exports, exports_read.
 
+    `per_export` puts one (GridYearKey, GridYearRecords) per export on "patches" instead of one element
+    per record (large-tile inference assembles each grid-year; the records stay on the worker that read them).
+
     `kernel` (even) makes the record size a check (records must be patch + kernel square); by default it
     is read from each export's records. `reshuffle` redistributes the patches after reading, so that
     the heavy steps downstream (inference) are not fused to the one worker that read an export.
@@ -100,6 +111,7 @@ class ReadEarthEngineExports(beam.PTransform):
         kernel: int | None = None,
         fill_value: float | None = 0.0,
         reshuffle: bool = True,
+        per_export: bool = False,
         label: str | None = None,
     ):
         super().__init__(label)
@@ -117,6 +129,7 @@ class ReadEarthEngineExports(beam.PTransform):
         self._kernel = kernel
         self._fill = fill_value
         self._reshuffle = reshuffle
+        self._per_export = per_export
 
     def expand(self, pbegin: pvalue.PBegin) -> dict[str, beam.PCollection]:
         """(grid, year) elements → one read per export → the four outputs (patches reshuffled if asked)."""
@@ -125,11 +138,11 @@ class ReadEarthEngineExports(beam.PTransform):
             | "GridYears" >> beam.Create([GridYearKey(grid, year) for grid, year in self._grid_years])
             | "ReadExports"
             >> beam.ParDo(
-                _ReadExportFn(self._root, self._bands, self._nodata, self._kernel, self._fill)
+                _ReadExportFn(self._root, self._bands, self._nodata, self._kernel, self._fill, self._per_export)
             ).with_outputs(GEOMETRY, DEAD_LETTER, MISSING, main=PATCHES)
         )
         keyed = {
-            PATCHES: typehints.KV[PatchKey, ExportPatch],
+            PATCHES: typehints.KV[GridYearKey, GridYearRecords] if self._per_export else typehints.KV[PatchKey, ExportPatch],
             GEOMETRY: typehints.KV[GridYearKey, ExportGeometry],
             DEAD_LETTER: typehints.KV[GridYearKey, DeadLetter],
             MISSING: typehints.KV[GridYearKey, MissingExport],
