@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model import receptive_field
+from pipeline.contract import core_pixels_cost  # noqa: F401 - part of this module's API (tests, bench)
 from pipeline.elements import ExportGeometry, ExportPatch
 from pipeline.elements import ClassifiedPatch
 from pipeline.method.tiles import classify_patch
@@ -292,13 +293,3 @@ def largest_batch(model, window: int | tuple[int, int], num_bands: int, budget_b
     """The largest batch whose `tile_memory` total fits `budget_bytes` (0 when not even one tile fits)."""
     one = tile_memory(model, window, 1, num_bands, precision)["total"]
     return int(budget_bytes // one)
-
-
-def core_pixels_cost(patch_size: int, kernel: int) -> dict[str, float]:
-    """What an export geometry costs per core pixel: pixels inferred record-wise and bytes exported.
-
-    Record-wise the model sees (P + K)² pixels per P² core; the export stores (P + K)² float32 values
-    per band per P² core (before gzip). Per band; multiply the bytes by the band count.
-    """
-    ratio = (patch_size + kernel) ** 2 / patch_size**2
-    return {"inferred_per_core_pixel": ratio, "bytes_per_core_pixel_per_band": 4 * ratio}

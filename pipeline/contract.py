@@ -120,6 +120,16 @@ def observed_pixels(array: np.ndarray, nodata_values: Sequence[float] = DEFAULT_
     return ok
 
 
+def core_pixels_cost(patch_size: int, kernel: int) -> dict[str, float]:
+    """What an export geometry costs per core pixel: pixels inferred record-wise and bytes exported.
+
+    Record-wise the model sees (P + K)² pixels per P² core; the export stores (P + K)² float32 values
+    per band per P² core (before gzip). Per band; multiply the bytes by the band count.
+    """
+    ratio = (patch_size + kernel) ** 2 / patch_size**2
+    return {"inferred_per_core_pixel": ratio, "bytes_per_core_pixel_per_band": 4 * ratio}
+
+
 def crop_buffer(array: np.ndarray, kernel: int) -> np.ndarray:
     """The centre patch of a record: drop kernel // 2 pixels on each side of the first two axes (a view)."""
     if kernel < 0 or kernel % 2:

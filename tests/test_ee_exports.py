@@ -281,6 +281,16 @@ class ExportRequestTest(apitestcase.ApiTestCase):
             self.assertEqual(task["request"], json.loads(json.dumps(expected)))
             self.assertEqual(task["destination"], f"gs://bkt/exp/c9/1200/{task['year']}/")
 
+    def test_dry_run_carries_the_chosen_export_geometry(self):
+        out = self.tmp / "tasks.json"
+        code = main(["export", "--exports", "gs://bkt/exp/c9", "--years", "2020", "--grids", "1200",
+                     "--patch-size", "1024", "--kernel", "192", "--dry-run", "--out", str(out)])
+        self.assertEqual(code, 0)
+        (task,) = json.loads(out.read_text())
+        record = task["request"]["fileExportOptions"]["tfRecordOptions"]
+        self.assertEqual(record["tileDimensions"], {"height": 1024, "width": 1024})
+        self.assertEqual(record["marginDimensions"], {"height": 192, "width": 192})
+
     def test_training_export_from_sample_polygons(self):
         west, south, east, north = C9_GRID.bounds(1200)
         step = 256 * PX

@@ -13,7 +13,11 @@ def configure(parser) -> None:
     parser.add_argument("--years", required=True, help="years, e.g. 1985-2023 or 2000,2010")
     options.add_grid_arguments(parser, required=False)
     parser.add_argument("--band-preset", choices=["appendix", "c9-code"], default="appendix", help="band preset (default appendix)")
-    parser.add_argument("--kernel", type=int, default=256, help="kernelSize K: records are (256+K)^2 (default 256)")
+    parser.add_argument("--patch-size", type=int, default=256, help="patchDimensions P: the core of each record (default 256, the published runs). "
+                        + _geometry_costs())
+    parser.add_argument("--kernel", type=int, default=256, help="kernelSize K: a K/2 buffer on each side, records are (P+K)^2 (default 256). "
+                        "Large-tile inference (`run --inference_tile`) is exact when K/2 covers the network's halo (96 px for the "
+                        "C9 U-Net, so K >= 192); a smaller K makes `run` infer those exports record-wise")
     parser.add_argument("--max-file-size", type=int, default=100 * 2**20, help="maxFileSize in bytes (default 100 MiB)")
     parser.add_argument("--priority", type=int, help="Earth Engine task priority (0-9999)")
     training = parser.add_argument_group("training patches")
@@ -30,6 +34,18 @@ def configure(parser) -> None:
     auth.add_arguments(parser)
 
 
+def _geometry_costs() -> str:
+    """What export geometries cost per core pixel: pixels inferred record-wise, bytes exported (6 bands, before gzip)."""
+    from pipeline.contract import core_pixels_cost
+
+    parts = []
+    for patch, kernel in ((256, 256), (512, 192), (1024, 192), (2048, 192)):
+        cost = core_pixels_cost(patch, kernel)
+        parts.append(f"P {patch} K {kernel}: {cost['inferred_per_core_pixel']:.2f} px inferred record-wise and "
+                     f"{6 * cost['bytes_per_core_pixel_per_band']:.0f} B exported per core pixel")
+    return "Costs: " + "; ".join(parts) + " (with large tiles, inference costs ~1.1-1.4 px per core pixel whatever the export)"
+
+
 def build_specs(args):
     """The export specs the options describe (Earth Engine must be initialised, online or offline)."""
     from pipeline.earthengine import exports, options
@@ -40,6 +56,7 @@ def build_specs(args):
         exports=args.exports,
         preset=args.band_preset,
         kernel=args.kernel,
+        patch=args.patch_size,
         max_file_size=args.max_file_size,
         priority=args.priority,
     )
