@@ -28,8 +28,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # noqa: E
 
 from pipeline.contract import BAND_PRESETS  # noqa: E402
 from model.unet import build_unet  # noqa: E402
-from pipeline.elements import ExportPatch  # noqa: E402
-from pipeline.options import ModelRoute  # noqa: E402
+from pipeline.elements import ExportPatch, PatchKey  # noqa: E402
+from pipeline.config import ModelRoute, RunConfig  # noqa: E402
+from pipeline.method.filters import FilterParams  # noqa: E402
 from pipeline.method.tiles import classify_patch  # noqa: E402
 from transforms.inference import ClassifyPatches, load_model  # noqa: E402
 
@@ -45,15 +46,20 @@ def make_patch(index: int, side: int, kernel: int) -> ExportPatch:
 
 
 def pipeline_seconds(model_path: str, count: int, side: int, kernel: int, batch: int, threshold: float) -> float:
-    route = (ModelRoute("national", model_path, ()),)
+    config = RunConfig(
+        exports="", output="", grids=("1",), years=(2000,), routes=(ModelRoute("national", model_path, ()),),
+        bands=BANDS, band_preset="appendix", threshold=threshold, filter_params=FilterParams(), spatial_filter="local",
+        min_batch_size=batch, max_batch_size=batch, export_nodata=(-9999.0,), probability_band=False, origin_band=False,
+        require_gpu=False,
+    )
     options = PipelineOptions(["--direct_num_workers", "1"])
     start = time.perf_counter()
     with beam.Pipeline(runner=FnApiRunner(), options=options) as pipeline:
         (
             pipeline
             | beam.Create(list(range(count)))
-            | beam.Map(lambda i: (("1", 2000, i), make_patch(i, side, kernel)))
-            | ClassifyPatches(route, threshold, min_batch_size=batch, max_batch_size=batch)
+            | beam.Map(lambda i: (PatchKey("1", 2000, i), make_patch(i, side, kernel)))
+            | ClassifyPatches(config=config)
             | beam.combiners.Count.Globally()
         )
     return time.perf_counter() - start
@@ -93,7 +99,6 @@ def bench_inference(model_path: str, count: int, side: int, kernel: int, batch: 
 
 def bench_sample_stages(model_path: str, workdir: str) -> None:
     """Seconds per grid-year of the sample, split into read / infer / filter / write."""
-    from pipeline.method.filters import FilterParams
     from pipeline.io.cog import classes_to_output, encode_cog
     from pipeline.io.filesystem import write_atomically
     from pipeline.demo.sample import generate_sample

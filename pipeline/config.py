@@ -44,6 +44,8 @@ class RunConfig:
     """0: record-wise; N: large tiles of N px core; None: a whole grid-year at once."""
     inference_precision: str = "float32"
     inference_memory_bytes: int = 12 << 30
+    precision_check: bool = False
+    """With a 16-bit precision: also run float32 and count the pixels whose class changes (costs a second pass)."""
 
     @property
     def large_tiles(self) -> bool:

@@ -50,6 +50,9 @@ class MiningMapperOptions(PipelineOptions):
         parser.add_argument("--inference_precision", default="float32", choices=list(PRECISIONS), help="float32 (exact), or bfloat16/float16 "
                             "mixed precision (16-bit computation, float32 probabilities), XLA-compiled; a few pixels near the threshold "
                             "may change class (the benchmark reports how many)")
+        parser.add_argument("--precision_check", action=SwitchAction, help="with a 16-bit --inference_precision, also infer in float32 and "
+                            "report in the summary the fraction of observed pixels whose class differs (before the filters; the inference "
+                            "cost doubles)")
         parser.add_argument("--inference_memory_gb", type=float, default=12.0, help="accelerator memory (GiB) one inference batch may use: "
                             "large-tile batches are cut to fit it (T4 16 GB, L4 24 GB, H200 141 GB; leave room for the runtime)")
         parser.add_argument("--export_nodata", default="-9999", help="comma list of values that mark masked pixels in the exports (besides NaN and a 0 in the first band)")
@@ -177,6 +180,7 @@ def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | No
         inference_tile=tile,
         inference_precision=view.inference_precision,
         inference_memory_bytes=int(view.inference_memory_gb * (1 << 30)),
+        precision_check=view.precision_check == "true",
         export_nodata=nodata,
         probability_band=view.probability_band == "true",
         origin_band=view.origin_band == "true",

@@ -62,6 +62,9 @@ def run(argv: Sequence[str] | None = None) -> dict:
         return {"summary": path, "job": _job_id(result)}
     summary = RunSummary.from_json(read_bytes(path), path)
     summary.metrics = _metrics(result)
+    if summary.metrics.get("precision_check_pixels"):
+        pixels, changed = summary.metrics["precision_check_pixels"], summary.metrics.get("precision_check_class_changes", 0)
+        summary.precision_check = {"pixels": pixels, "class_changes": changed, "fraction": changed / pixels}
     publish_atomically({path: summary.to_json()})
     return summary.as_dict()
 

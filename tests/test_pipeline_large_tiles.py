@@ -117,3 +117,27 @@ def test_bfloat16_runs_compiled_and_changes_few_classes(tmp_path, unet_file):
             changed += int(np.count_nonzero((a.read(1) != b.read(1))[observed]))
             total += int(observed.sum())
     assert changed / total < 0.05
+
+
+@pytest.mark.parametrize("tile", ["", "grid"], ids=["record-wise", "large-tiles"])
+def test_precision_check_reports_the_class_changes_of_bfloat16(tmp_path, unet_file, tile):
+    import rasterio
+
+    exports = tmp_path / "exports"
+    write_random_exports(exports, 48)
+    run_pipeline(exports, tmp_path / "f32", unet_file, *(["--inference_tile", tile] if tile else []))
+    summary = run_pipeline(exports, tmp_path / "bf16", unet_file, "--inference_precision", "bfloat16", "--precision_check", "true",
+                           *(["--inference_tile", tile] if tile else []))
+    check = summary["precision_check"]
+    # the fraction counts exactly the observed pixels whose class differs before the filters
+    compared = changed = 0
+    for year in YEARS:
+        name = f"1010_{year}.tif"
+        with rasterio.open(tmp_path / "f32" / "1010" / name) as a, rasterio.open(tmp_path / "bf16" / "1010" / name) as b:
+            observed = a.read(2) != 255
+            compared += int(observed.sum())
+            # band 2 is the probability before the filters: its class at 0.5 is p × 255 ≥ 127.5
+            changed += int(np.count_nonzero(((a.read(2) >= 128) != (b.read(2) >= 128))[observed]))
+    assert check["pixels"] == compared
+    assert abs(check["class_changes"] - changed) <= changed * 0.1 + 3  # rounding of p × 255 at the threshold
+    assert check["fraction"] == pytest.approx(check["class_changes"] / check["pixels"])

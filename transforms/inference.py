@@ -87,14 +87,17 @@ class InferenceModel:
 
     predict: Callable[[np.ndarray], np.ndarray]
     network: Any = None
+    reference: "InferenceModel | None" = None
+    """With --precision_check: the same network in float32, uncompiled, to count what 16 bits change."""
 
     def __call__(self, inputs, training: bool = False) -> np.ndarray:
         return np.asarray(self.predict(inputs))
 
 
-def load_inference_model(path: str, precision: str = "float32", *, need_network: bool = False) -> InferenceModel:
+def load_inference_model(path: str, precision: str = "float32", *, need_network: bool = False, check: bool = False) -> InferenceModel:
     """The model a handler runs at `precision`: float32 calls the serving model as exported (exact, as
-    record-wise inference always did); bfloat16/float16 compile the Keras serving model in mixed precision."""
+    record-wise inference always did); bfloat16/float16 compile the Keras serving model in mixed precision.
+    `check` (16-bit only) adds the float32 serving model as the reference whose classes are compared."""
     from model.inference import make_inference_fn
 
     if precision == "float32":
@@ -102,7 +105,32 @@ def load_inference_model(path: str, precision: str = "float32", *, need_network:
         network = served if hasattr(served, "layers") else (load_keras_network(path) if need_network else None)
         return InferenceModel(lambda batch: served(batch, training=False), network)
     network = load_keras_network(path)
-    return InferenceModel(make_inference_fn(network, precision), network)
+    reference = load_inference_model(path, "float32", need_network=need_network) if check else None
+    return InferenceModel(make_inference_fn(network, precision), network, reference)
+
+
+def class_changes(classified: Sequence[ClassifiedPatch], reference: Sequence[ClassifiedPatch]) -> tuple[int, int]:
+    """(observed pixels compared, pixels whose class differs) between two classifications of the same patches."""
+    compared = changed = 0
+    for a, b in zip(classified, reference, strict=True):
+        observed = a.classes != 255
+        compared += int(observed.sum())
+        changed += int(np.count_nonzero(a.classes[observed] != b.classes[observed]))
+    return compared, changed
+
+
+class PrecisionCheck:
+    """Counts, as Beam metrics, how many observed pixels a 16-bit precision classifies differently from float32."""
+
+    def __init__(self):
+        self._compared = Metrics.counter(NAMESPACE, "precision_check_pixels")
+        self._changed = Metrics.counter(NAMESPACE, "precision_check_class_changes")
+
+    def count(self, classified: Sequence[ClassifiedPatch], reference: Sequence[ClassifiedPatch]) -> None:
+        """Add one comparison to the counters."""
+        compared, changed = class_changes(classified, reference)
+        self._compared.inc(compared)
+        self._changed.inc(changed)
 
 
 def classify_records(patches: Sequence[ExportPatch], model, threshold: float) -> tuple[list[ClassifiedPatch], int, int]:
@@ -136,10 +164,12 @@ class PatchModelHandler(ModelHandler[ExportPatch, ClassifiedPatch, Any]):
     """
 
     def __init__(self, model_path: str, *, threshold: float, min_batch_size: int = 1, max_batch_size: int = 16, require_gpu: bool = False,
-                 precision: str = "float32"):
+                 precision: str = "float32", precision_check: bool = False):
         super().__init__()
         self._model_path = model_path
         self._precision = precision
+        self._check = precision_check and precision != "float32"
+        self._checker = PrecisionCheck()
         self._require_gpu = require_gpu
         self._threshold = threshold
         self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
@@ -149,7 +179,7 @@ class PatchModelHandler(ModelHandler[ExportPatch, ClassifiedPatch, Any]):
     def load_model(self):
         """Load the serving model (once per worker process; RunInference shares it), on a GPU if required."""
         check_gpu(self._require_gpu)
-        return load_inference_model(self._model_path, self._precision)
+        return load_inference_model(self._model_path, self._precision, check=self._check)
 
     def update_model_path(self, model_path: str | None = None) -> None:
         """Point the handler at another model (Beam's model-update hook)."""
@@ -164,6 +194,8 @@ class PatchModelHandler(ModelHandler[ExportPatch, ClassifiedPatch, Any]):
         results, inferred, skipped = classify_records(batch, model, self._threshold)
         self._inferred.inc(inferred)
         self._skipped.inc(skipped)
+        if getattr(model, "reference", None) is not None:
+            self._checker.count(results, classify_records(batch, model.reference, self._threshold)[0])
         return results
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
@@ -184,8 +216,10 @@ class GridYearModelHandler(ModelHandler[GridYearRecords, list, InferenceModel]):
     """
 
     def __init__(self, model_path: str, *, threshold: float, tile: int | None, precision: str = "float32", max_batch_size: int = 16,
-                 memory_bytes: int = 12 << 30, require_gpu: bool = False):
+                 memory_bytes: int = 12 << 30, require_gpu: bool = False, precision_check: bool = False):
         super().__init__()
+        self._check = precision_check and precision != "float32"
+        self._checker = PrecisionCheck()
         self._model_path = model_path
         self._threshold = threshold
         self._tile = tile
@@ -201,7 +235,7 @@ class GridYearModelHandler(ModelHandler[GridYearRecords, list, InferenceModel]):
     def load_model(self) -> InferenceModel:
         """The network (its architecture gives the halo) and its predict function, once per worker process."""
         check_gpu(self._require_gpu)
-        return load_inference_model(self._model_path, self._precision, need_network=True)
+        return load_inference_model(self._model_path, self._precision, need_network=True, check=self._check)
 
     def batch_elements_kwargs(self):
         """One grid-year per call: a grid-year is already hundreds of records."""
@@ -209,34 +243,40 @@ class GridYearModelHandler(ModelHandler[GridYearRecords, list, InferenceModel]):
 
     def run_inference(self, batch: Sequence[GridYearRecords], model: InferenceModel, inference_args=None) -> Iterable[list]:
         """Classify each grid-year of the batch: large tiles, or record-wise where the export's buffer is too small."""
-        from model.tiling import assemble_mosaic, classify_mosaic, infer_mosaic, largest_batch, plan_tiles, tiling_unavailable
-
         results = []
         for records in batch:
-            if not records.patches:
-                results.append([])
-                continue
-            reason = tiling_unavailable(records.geometry, model.network)
-            if reason:
+            classified = self._classify(records, model, count=True)
+            if getattr(model, "reference", None) is not None and classified:
+                self._checker.count(classified, self._classify(records, model.reference, count=False))
+            results.append(classified)
+        return results
+
+    def _classify(self, records: GridYearRecords, model: InferenceModel, count: bool) -> list[ClassifiedPatch]:
+        from model.tiling import assemble_mosaic, classify_mosaic, infer_mosaic, largest_batch, plan_tiles, tiling_unavailable
+
+        if not records.patches:
+            return []
+        reason = tiling_unavailable(records.geometry, model.network)
+        if reason:
+            if count:
                 log.warning("%s", reason)
                 self._fallback.inc()
-                classified, inferred, _ = classify_records(records.patches, model, self._threshold)
+            classified, inferred, _ = classify_records(records.patches, model, self._threshold)
+            if count:
                 self._inferred.inc(inferred)
-                results.append(classified)
-                continue
-            mosaic = assemble_mosaic(records.geometry, records.patches)
-            plan = plan_tiles(mosaic, model.network, self._tile)
-            bands = mosaic.bands.shape[-1]
-            fits = largest_batch(model.network, plan.window, bands, self._memory, self._precision)
-            if fits < 1:
-                raise UserError(f"grid {records.geometry.grid} year {records.geometry.year}: one {plan.window[0]}x{plan.window[1]} tile needs more "
-                                f"than --inference_memory_gb {self._memory / (1 << 30):g}; choose a smaller --inference_tile")
-            probability = infer_mosaic(model.predict, mosaic, plan, batch_size=max(1, min(self._max_batch, fits)))
+            return classified
+        mosaic = assemble_mosaic(records.geometry, records.patches)
+        plan = plan_tiles(mosaic, model.network, self._tile)
+        fits = largest_batch(model.network, plan.window, mosaic.bands.shape[-1], self._memory, self._precision)
+        if fits < 1:
+            raise UserError(f"grid {records.geometry.grid} year {records.geometry.year}: one {plan.window[0]}x{plan.window[1]} tile needs more "
+                            f"than --inference_memory_gb {self._memory / (1 << 30):g}; choose a smaller --inference_tile")
+        probability = infer_mosaic(model.predict, mosaic, plan, batch_size=max(1, min(self._max_batch, fits)))
+        if count:
             self._tiled.inc()
             self._pixels.inc(plan.inferred_pixels)
             self._inferred.inc(len(mosaic.present))
-            results.append(classify_mosaic(mosaic, probability, self._threshold))
-        return results
+        return classify_mosaic(mosaic, probability, self._threshold)
 
     def get_num_bytes(self, batch: Sequence[GridYearRecords]) -> int:
         """Bytes of input in a batch (RunInference's throughput metric)."""
@@ -257,6 +297,7 @@ def _handler(route, config: RunConfig) -> ModelHandler:
             max_batch_size=config.max_batch_size,
             memory_bytes=config.inference_memory_bytes,
             require_gpu=config.require_gpu,
+            precision_check=config.precision_check,
         )
     return PatchModelHandler(
         route.path,
@@ -265,6 +306,7 @@ def _handler(route, config: RunConfig) -> ModelHandler:
         max_batch_size=config.max_batch_size,
         require_gpu=config.require_gpu,
         precision=config.inference_precision,
+        precision_check=config.precision_check,
     )
 
 

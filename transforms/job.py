@@ -30,6 +30,7 @@ def output_tags(config: RunConfig) -> dict[str, str]:
         "band_preset": config.band_preset,
         "threshold": str(config.threshold),
         "filter_mode": config.filter_params.mode,
+        "inference_precision": config.inference_precision,
         "spatial_filter": config.spatial_filter if config.spatial_filter != "earthengine" else "earthengine (pending, after ingestion)",
         **config.filter_params.as_tags(),
         "software_version": __version__,
@@ -49,6 +50,7 @@ def run_parameters(config: RunConfig) -> dict:
         "filter_parameters": config.filter_params.as_dict(),
         "inference_tile": "grid" if config.inference_tile is None else config.inference_tile,
         "inference_precision": config.inference_precision,
+        "precision_check": config.precision_check,
         "probability_band": config.probability_band,
         "origin_band": config.origin_band,
     }

@@ -44,6 +44,8 @@ class RunSummary:
     dead_letters: int = 0
     metrics: dict[str, int] = dataclasses.field(default_factory=dict)
     inputs: dict[str, str] = dataclasses.field(default_factory=dict)
+    precision_check: dict[str, float] | None = None
+    """With `run --precision_check`: observed pixels compared with float32, class changes, their fraction."""
     format: str = FORMAT
 
     @property
@@ -69,6 +71,7 @@ class RunSummary:
             "counts": self.counts,
             "dead_letters": self.dead_letters,
             "metrics": dict(self.metrics),
+            **({"precision_check": self.precision_check} if self.precision_check is not None else {}),
             "grid_years": [entry.to_record() for entry in self.grid_years],
         }
 
@@ -95,6 +98,7 @@ class RunSummary:
                 dead_letters=int(data.get("dead_letters", 0)),
                 metrics=dict(data.get("metrics", {})),
                 inputs=dict(data.get("inputs", {})),
+                precision_check=data.get("precision_check"),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"{source}: malformed run summary ({error})") from None

@@ -57,8 +57,8 @@ DEFAULTS: dict[str, Any] = {
 TEMPLATE_PARAMETERS = (
     "exports", "output", "grids", "years", "model", "model_routing", "band_preset", "threshold", "filter_mode",
     "min_component_size", "spatial_window", "backfill_limit", "frequency_cut", "c9_backfill_from_index",
-    "spatial_filter", "min_batch_size", "max_batch_size", "export_nodata", "probability_band", "origin_band",
-    "require_gpu",
+    "spatial_filter", "min_batch_size", "max_batch_size", "inference_tile", "inference_precision", "precision_check",
+    "inference_memory_gb", "export_nodata", "probability_band", "origin_band", "require_gpu",
 )
 BEAM_PARAMETERS = ("sdk_container_image",)
 
