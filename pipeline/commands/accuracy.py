@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"{args.design}: not a design.json from 'accuracy design' ({error!r})") from None
     sample = acc.read_labelled_sample(args.sample, list(sizes), args.drop_unlabelled)
+    acc.check_sample_against_design(sample, design, str(args.sample), str(args.design))
     empty = [s for s in sizes if sizes[s] > 0 and s not in set(sample.strata)]
     if empty:
         raise UserError(f"{args.sample}: no labelled unit in stratum {', '.join(empty)}; every non-empty stratum needs one")

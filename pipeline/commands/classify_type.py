@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+log = logging.getLogger(__name__)
 
 NAME = "classify-type"
 HELP = "Give each mining component of each year the class_id of nearby mineral occurrences (DESIGN.md §6); COG + table."
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.earthengine.tables import load_class_id_table
     from pipeline.errors import UserError
     from pipeline.products import io as pio
-    from pipeline.products.classify_type import CLASS_ID_NODATA, classify_year, metric_crs
+    from pipeline.products.classify_type import CLASS_ID_NODATA, classify_year, metric_crs, occurrences_within
     from pipeline.products.cog import CogWriter
     from pipeline.products.integrate import output_name
     from pipeline.products.occurrences import read_occurrences
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"{len(occurrences.ids)} of {occurrences.total} occurrence features usable ({occurrences.schema} fields)")
     refs = pio.discover(args.mining, parse_years(args.years))
     reprojected: dict[str, object] = {}
+    checked_footprints: set[tuple] = set()
     areas_by_grid: dict[tuple, np.ndarray] = {}
     writers, files, rows = [], {}, []
     per_year: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
@@ -71,6 +75,15 @@ def run(args: argparse.Namespace) -> int:
             key = metric.to_wkt()
             if key not in reprojected:
                 reprojected[key] = occurrences.to_crs(metric)
+            footprint_key = (key, crs.to_wkt(), tuple(bounds))
+            if footprint_key not in checked_footprints:
+                checked_footprints.add(footprint_key)
+                if occurrences_within(reprojected[key], crs, bounds, metric, args.buffer) == 0:
+                    log.warning(
+                        "%s: no occurrence of %s falls within the raster (or %g m of it) after reprojection to its CRS; "
+                        "every mining component will be 301 (unidentified): check the occurrences' region and CRS",
+                        ref.path, args.occurrences, args.buffer,
+                    )
             grid_key = (crs.to_wkt(), tuple(transform)[:6], values.shape)
             if grid_key not in areas_by_grid:
                 areas_by_grid.clear()

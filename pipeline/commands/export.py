@@ -32,10 +32,11 @@ def configure(parser) -> None:
 
 def build_specs(args):
     """The export specs the options describe (Earth Engine must be initialised, online or offline)."""
-    from pipeline.earthengine import exports, options
+    from pipeline.earthengine import exports, mosaic, options
     from pipeline.errors import UserError
 
     years = options.parse_years(args.years)
+    mosaic.check_years(years)
     export_options = exports.ExportOptions(
         exports=args.exports,
         preset=args.preset,

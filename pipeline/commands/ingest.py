@@ -72,10 +72,12 @@ def run(args) -> int:
         bands=tuple(b.strip() for b in args.bands.split(",") if b.strip()),
     )
     ingest.collection_name(args.collection)  # validate before any listing or reading
+    ingest.check_threshold(args.threshold)
     uris = cog_uris(args)
     items = [
         ingest.make_item(uri, ingest_options, ingest.read_cog_tags(uri) if args.read_tags else None) for uri in uris
     ]
+    ingest.check_items(items, real=not args.dry_run)
     if args.dry_run:
         path = ingest.write_dry_run(items, ingest_options, args.out, args.overwrite)
         print(f"ingest: {len(items)} manifests written to {path} (nothing sent)")
