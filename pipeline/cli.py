@@ -6,6 +6,7 @@ import importlib
 import logging
 import pkgutil
 import sys
+import traceback
 from types import ModuleType
 
 from pipeline import __version__, commands
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
             module.NAME, help=module.HELP, description=module.HELP, add_help=getattr(module, "ADD_HELP", True)
         )
         module.configure(command_parser)
-        command_parser.set_defaults(_run=module.run)
+        command_parser.set_defaults(_run=module.run, _module=module)
     return parser
 
 
@@ -52,10 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from pipeline import failures, preflight
+
     try:
+        preflight.check_command(args._module, args)
         return int(args._run(args) or 0)
-    except UserError as error:
-        print(f"mining-mapper {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:  # noqa: BLE001 - people's mistakes become one line; bugs keep their traceback
+        message = str(error) if isinstance(error, UserError) else failures.describe(error)
+        if message is None:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"mining-mapper {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

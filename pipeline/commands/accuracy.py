@@ -6,6 +6,9 @@ import sys
 
 NAME = "accuracy"
 HELP = "Accuracy assessment (Olofsson et al. 2014): 'design' a stratified sample, 'estimate' accuracy and area from its labels."
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ("map", "sample", "design")
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,9 @@ log = logging.getLogger(__name__)
 
 NAME = "classify-type"
 HELP = "Give each mining component of each year the class_id of nearby mineral occurrences (DESIGN.md §6); COG + table."
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ("mining", "occurrences")
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

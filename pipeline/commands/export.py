@@ -30,6 +30,13 @@ def configure(parser) -> None:
     auth.add_arguments(parser)
 
 
+def preflight_paths(args) -> tuple[list[str], list[str]]:
+    """gs:// paths probed before the command runs: the exports root, listed to skip complete exports."""
+    if args.dry_run:
+        return [], [args.out]
+    return ([] if args.force else [args.exports]), []
+
+
 def build_specs(args):
     """The export specs the options describe (Earth Engine must be initialised, online or offline)."""
     from pipeline.earthengine import exports, mosaic, options
@@ -58,6 +65,7 @@ def build_specs(args):
 
 def run(args) -> int:
     """Dry run: write the requests. Otherwise: initialise, submit (resumable, rate-limited) and optionally wait."""
+    from pipeline import preflight
     from pipeline.earthengine import auth, exports, options, storage
 
     backoff = options.backoff_from_args(args)
@@ -67,7 +75,7 @@ def run(args) -> int:
         path = exports.write_dry_run(specs, args.out)
         print(f"export: {len(specs)} task requests written to {path} (nothing sent)")
         return 0
-    auth.initialize(auth.config_from_args(args))
+    preflight.probe_earth_engine(auth.config_from_args(args))
     specs = build_specs(args)
     client = None if args.force else storage.default_client(args.project)
     outcomes = exports.submit_exports(

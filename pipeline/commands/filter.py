@@ -11,6 +11,9 @@ import time
 
 NAME = "filter"
 HELP = "Apply gap fill → temporal → spatial → frequency filters (DESIGN.md §3) to annual rasters; write COGs."
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ("inputs",)
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -6,6 +6,9 @@ import sys
 
 NAME = "report"
 HELP = "One self-contained HTML report per run (areas, summary, filter effects, quicklooks, links) and a STAC catalog of its COGs."
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ("run", "class_id", "products", "before")
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
