@@ -43,6 +43,13 @@ def describe(error: BaseException) -> str | None:
 
 
 def _describe_one(error: BaseException) -> str | None:
+    details = getattr(error, "exception_details", None)  # Beam's BeamIOError: {path or (src, dest): error}
+    if isinstance(details, dict):
+        for inner in details.values():
+            if isinstance(inner, BaseException):
+                line = describe(inner)
+                if line is not None:
+                    return line
     try:
         import requests
     except ImportError:  # pragma: no cover - requests comes with every Google client

@@ -132,8 +132,8 @@ def _probe_all(inputs: Sequence[str], outputs: Sequence[str], project: str | Non
     for location in outputs:
         bucket, prefix = _split(location)
         name = "/".join(p for p in (prefix.rstrip("/"), PROBE_PREFIX + uuid.uuid4().hex) if p)
-        blob = client().bucket(bucket).blob(name)
         try:
+            blob = client().bucket(bucket).blob(name)
             blob.upload_from_string(b"", timeout=request_timeout, retry=None)
             blob.delete(timeout=request_timeout, retry=None)
         except Exception as error:  # noqa: BLE001 - classified below; anything else is passed on
@@ -177,6 +177,13 @@ def _check_earth_engine(config) -> None:
 
     key = config.service_account_key or "Application Default Credentials"
     try:
+        if config.service_account_key:
+            # The token request first: it fails at once without network, where the client library's
+            # discovery request (in ee.Initialize) retries for tens of seconds.
+            import google.auth.transport.requests
+
+            credentials, _ = auth.load_credentials(config)
+            credentials.refresh(google.auth.transport.requests.Request(session=_session_with_timeout()))
         auth.initialize(config)
         import ee
 

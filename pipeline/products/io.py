@@ -63,7 +63,8 @@ def open_raster(path: str):
 
     Both opening and reading are covered: a pixel read that fails inside the block (a truncated or
     corrupt file) names this file, unless GDAL's own message names another file (a dataset opened in
-    the same block), which is then left for that dataset's block to report.
+    the same block), which is then left for that dataset's block to report (GDAL gives base names only,
+    so two datasets of one base name cannot be told apart: the innermost block reports).
     """
     try:
         dataset = rasterio.open(gdal_path(path))
