@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Map mining from annual Landsat mosaics: the MapBiomas Collection 9 method.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages; on an error, also print its traceback")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in discover_commands():
         command_parser = sub.add_parser(
