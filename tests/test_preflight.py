@@ -11,24 +11,25 @@ import pytest
 from pipeline import preflight
 from pipeline.earthengine import auth
 from pipeline.errors import UserError
-from tests.products_support import run_cli, write_raster
-from tests.test_gcs_end_to_end import emulator, free_port  # noqa: F401 - the emulator fixture, shared
+from tests.products_support import run_cli, storage_emulator, write_raster
 
 BOUND_S = 30.0
 
 
-@pytest.fixture
-def storage_client(emulator, monkeypatch):  # noqa: F811 - the imported fixture
-    """A client on the emulator with buckets `in` and `out`; google-cloud-storage is pointed at the emulator."""
-    from google.cloud import storage
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-    client = storage.Client.create_anonymous_client()
-    for name in ("mm-in", "mm-out"):
-        if client.lookup_bucket(name) is None:
-            client.create_bucket(name)
-    client.bucket("mm-in").blob("maps/a_2020.tif").upload_from_string(b"x")
-    return client
+
+@pytest.fixture(scope="module")
+def storage_client():
+    """`gcp-storage-emulator` with buckets mm-in (one object under maps/) and mm-out; clients pointed at it."""
+    pytest.importorskip("gcp_storage_emulator")
+    with storage_emulator(("mm-in", "mm-out")) as client:
+        client.bucket("mm-in").blob("maps/a_2020.tif").upload_from_string(b"x")
+        yield client
 
 
 @pytest.fixture
