@@ -149,3 +149,17 @@ def test_earth_engine_probe_that_hangs_gives_up_at_the_deadline(monkeypatch):
     with pytest.raises(UserError, match=r"^Application Default Credentials: no answer from Earth Engine .* within 1 s"):
         preflight.probe_earth_engine(auth.EEConfig(project="p"), timeout=1.0)
     assert time.monotonic() - started < 2.5
+
+
+def test_storage_with_a_well_formed_key_and_no_route_out_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(fake_service_account_key(tmp_path / "key.json")))
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens: no route out
+    raster = write_raster(tmp_path / "a_2020.tif", [[30, 0], [0, 0]], nodata=255)
+    started = time.monotonic()
+    code, out, err = run_cli("stats", raster, "--output", "gs://mm-out/stats")
+    assert time.monotonic() - started < BOUND_S
+    assert code == 2 and out == ""
+    lines = [line for line in err.strip().splitlines() if " WARNING " not in line]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith("mining-mapper stats: error: gs://mm-out/stats: cannot reach Cloud Storage at https://storage.googleapis.com")
