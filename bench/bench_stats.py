@@ -74,7 +74,7 @@ def measure(argv: list[str], code: Path, scratch: Path) -> tuple[float, float, i
     env = dict(os.environ, PYTHONPATH=str(code))
     peak_file = scratch / "peak_kib"
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(peak_file), *argv], env=env,
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(peak_file), *argv], env=env, cwd=code,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
     if done.returncode:
