@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from rasterio.windows import Window
 
-    from pipeline.areas import pixel_areas_m2
+    from pipeline.areas import PixelAreas
     from pipeline.ranges import parse_years
     from pipeline.earthengine.tables import load_class_id_table
     from pipeline.errors import UserError
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             grid_key = (crs.to_wkt(), tuple(transform)[:6], values.shape)
             if grid_key not in areas_by_grid:
                 areas_by_grid.clear()
-                areas_by_grid[grid_key] = pixel_areas_m2(crs, transform, values.shape)
+                areas_by_grid[grid_key] = PixelAreas(crs, transform, values.shape).window()
             class_ids, components = classify_year(
                 mining, observed, crs, transform, reprojected[key], metric, args.buffer,
                 table.order, table.unidentified, ref.year, ref.grid, areas_by_grid[grid_key],

@@ -332,7 +332,7 @@ def make_design(
 
     from pyproj import CRS, Transformer
 
-    from pipeline.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
+    from pipeline.areas import SQUARE_METRES_PER_HECTARE, PixelAreas
     from pipeline.products import io as pio
     from pipeline.products.stats import nodata_mask
 
@@ -346,7 +346,7 @@ def make_design(
     observed = ~nodata_mask(values, [nodata, *extra_nodata])
     mining = observed & (values == class_value)
     strata = strata_map(mining, observed, ring_width_m, pixel_size_m(crs, transform, values.shape))
-    areas = np.broadcast_to(pixel_areas_m2(crs, transform, values.shape), values.shape)
+    areas = np.broadcast_to(PixelAreas(crs, transform, values.shape).window(), values.shape)
     sizes = {name: int(np.count_nonzero(strata == STRATUM_CODES[name])) for name in STRATA}
     area_ha = {name: float(areas[strata == STRATUM_CODES[name]].sum(dtype=np.float64)) / SQUARE_METRES_PER_HECTARE for name in STRATA}
     total = sum(sizes.values())
