@@ -122,21 +122,46 @@ class PixelAreas:
             self._col_nodes = _nodes(self.shape[1], step)
             self._lattice = projected_areas_m2(self.crs, transform, self._row_nodes, self._col_nodes)
             self._col_weights = _weights(np.arange(self.shape[1]), self._col_nodes)
+            self._col_matrix: np.ndarray | None = None  # (cols, lattice columns), built on first use
+
+    def _bounds(self, window: Window | None) -> tuple[int, int, int, int]:
+        if window is None:
+            return 0, 0, self.shape[0], self.shape[1]
+        return int(window.row_off), int(window.col_off), int(window.height), int(window.width)
+
+    def _lattice_rows(self, row_off: int, rows: int) -> np.ndarray:
+        """The lattice interpolated to the window's rows: (rows, lattice columns)."""
+        i0, i1, v = _weights(np.arange(row_off, row_off + rows), self._row_nodes)
+        return self._lattice[i0] * (1.0 - v)[:, None] + self._lattice[i1] * v[:, None]
 
     def window(self, window: Window | None = None) -> np.ndarray:
         """Areas (m²) of a window's pixels, broadcastable to (rows, cols): (rows, 1) when geographic."""
-        row_off, col_off, rows, cols = (0, 0, *self.shape) if window is None else (
-            int(window.row_off), int(window.col_off), int(window.height), int(window.width))
+        row_off, col_off, rows, cols = self._bounds(window)
         if self.geographic:
             return self._rows[row_off:row_off + rows, None]
-        i0, i1, v = _weights(np.arange(row_off, row_off + rows), self._row_nodes)
-        by_row = self._lattice[i0] * (1.0 - v)[:, None] + self._lattice[i1] * v[:, None]
+        by_row = self._lattice_rows(row_off, rows)
         j0, j1, u = (w[col_off:col_off + cols] for w in self._col_weights)
         return by_row[:, j0] * (1.0 - u) + by_row[:, j1] * u
 
     def hectares(self, mask: np.ndarray, window: Window | None = None) -> float:
-        """Hectares of the True pixels of `mask` (the window's shape)."""
-        return hectares(mask, self.window(window))
+        """Hectares of the True pixels of `mask` (the window's shape), with no per-pixel area array.
+
+        Projected: the bilinear area is a sum over lattice columns of (row-interpolated lattice) ×
+        (column weight), so the masked sum is Σ_k by_row[r, k] · (mask @ weights)[r, k]: one small
+        matrix product per window instead of the window's areas. Exactly `hectares(mask, window(w))`
+        up to rounding.
+        """
+        row_off, col_off, rows, cols = self._bounds(window)
+        if self.geographic:
+            return hectares(mask, self._rows[row_off:row_off + rows, None])
+        if self._col_matrix is None:
+            j0, j1, u = self._col_weights
+            matrix = np.zeros((self.shape[1], len(self._col_nodes)))
+            np.add.at(matrix, (np.arange(self.shape[1]), j0), 1.0 - u)
+            np.add.at(matrix, (np.arange(self.shape[1]), j1), u)
+            self._col_matrix = matrix
+        weighted = np.asarray(mask, dtype=np.float64) @ self._col_matrix[col_off:col_off + cols]
+        return float(np.sum(weighted * self._lattice_rows(row_off, rows))) / SQUARE_METRES_PER_HECTARE
 
 
 def hectares(mask: np.ndarray, areas_m2: np.ndarray) -> float:

@@ -58,6 +58,18 @@ def test_hectares_equals_the_masked_sum(mask, per_row):
     assert hectares(mask, areas) == pytest.approx(float((np.broadcast_to(areas, mask.shape) * mask).sum()) / 10_000)
 
 
+@settings(max_examples=25, deadline=None)
+@given(name=st.sampled_from(sorted(GRIDS)), seed=st.integers(0, 2**16), density=st.floats(0, 1),
+       rows=st.tuples(st.integers(0, 400), st.integers(1, 200)), cols=st.tuples(st.integers(0, 250), st.integers(1, 50)))
+def test_masked_hectares_equal_the_sum_of_the_window_areas(name, seed, density, rows, cols):
+    crs, transform, shape = GRIDS[name]
+    window = Window(cols[0], rows[0], cols[1], rows[1])
+    mask = np.random.default_rng(seed).random((rows[1], cols[1])) < density
+    grid = PixelAreas(crs, transform, shape)
+    expected = float(np.sum(np.broadcast_to(grid.window(window), mask.shape) * mask)) / 10_000
+    assert grid.hectares(mask, window) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
 def test_projected_areas_are_computed_once_for_a_series_of_years(tmp_path, monkeypatch):
     crs, transform, shape = GRIDS["utm_edge"]
     calls = []

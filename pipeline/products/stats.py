@@ -27,7 +27,7 @@ from pyproj import CRS, Transformer
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from pipeline.areas import SQUARE_METRES_PER_HECTARE, PixelAreas, hectares
+from pipeline.areas import SQUARE_METRES_PER_HECTARE, PixelAreas
 from pipeline.errors import UserError
 from pipeline.products import io as pio
 from pipeline.products.cog import row_windows
@@ -184,19 +184,18 @@ def measure_raster(
             values = src.read(1, window=window)
             observed = ~nodata_mask(values, nodata_values)
             mining = observed & ((values != 0) if kind == KIND_CLASS_ID else (values == class_value))
-            window_areas = grid.window(window)
-            result.observed_ha += hectares(observed, window_areas)
+            result.observed_ha += grid.hectares(observed, window)
             if not mining.any():
                 continue
             result.mining_pixels += int(np.count_nonzero(mining))
-            mining_ha = hectares(mining, window_areas)
+            mining_ha = grid.hectares(mining, window)
             result.mining_ha += mining_ha
             counted = mining
             if others:
                 counted = mining & _owned_in_window(src, window, to_lonlat, own, others)
-            result.counted_mining_ha += mining_ha if counted is mining else hectares(counted, window_areas)
+            result.counted_mining_ha += mining_ha if counted is mining else grid.hectares(counted, window)
             if kind == KIND_CLASS_ID:
-                areas = np.broadcast_to(window_areas, values.shape)
+                areas = np.broadcast_to(grid.window(window), values.shape)
                 _add_by_class(class_sums, values[mining], areas[mining])
                 _add_by_class(counted_sums, values[counted], areas[counted])
         result.class_ha = dict(sorted(class_sums.items()))
