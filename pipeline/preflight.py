@@ -110,7 +110,8 @@ def _short(error: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "…"
 
 
-def _probe_all(inputs: Sequence[str], outputs: Sequence[str], project: str | None, request_timeout: float) -> None:
+def _probe_all(inputs: Sequence[str], outputs: Sequence[str], project: str | None, request_timeout: float,
+               current: list[str]) -> None:
     from pipeline.earthengine import storage
 
     client_box: list = []
@@ -121,6 +122,7 @@ def _probe_all(inputs: Sequence[str], outputs: Sequence[str], project: str | Non
         return client_box[0]
 
     for location in inputs:
+        current[0] = location
         bucket, prefix = _split(location)
         try:
             list(client().list_blobs(bucket, prefix=prefix, max_results=1, timeout=request_timeout, retry=None))
@@ -130,6 +132,7 @@ def _probe_all(inputs: Sequence[str], outputs: Sequence[str], project: str | Non
                 raise
             raise UserError(problem) from error
     for location in outputs:
+        current[0] = location
         bucket, prefix = _split(location)
         name = "/".join(p for p in (prefix.rstrip("/"), PROBE_PREFIX + uuid.uuid4().hex) if p)
         try:
@@ -160,11 +163,11 @@ def probe_storage(
         return
     started = time.monotonic()
     request_timeout = min(REQUEST_TIMEOUT_S, timeout)
-    first = (ins or outs)[0]
+    current = [(ins or outs)[0]]  # the location being probed, named when the deadline passes
     run_with_deadline(
-        lambda: _probe_all(ins, outs, project, request_timeout),
+        lambda: _probe_all(ins, outs, project, request_timeout, current),
         timeout,
-        lambda: (f"{first}: no answer from Cloud Storage at {endpoint()} within {time.monotonic() - started:.0f} s: "
+        lambda: (f"{current[0]}: no answer from Cloud Storage at {endpoint()} within {time.monotonic() - started:.0f} s: "
                  "check the network, proxy and firewall, and the credentials (GOOGLE_APPLICATION_CREDENTIALS)"),
     )
 
