@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preflight.check_command(args._module, args)
         return int(args._run(args) or 0)
-    except Exception as error:  # noqa: BLE001 - people's mistakes become one line; bugs keep their traceback
+    except Exception as error:  # people's mistakes become one line; bugs keep their traceback
         message = str(error) if isinstance(error, UserError) else failures.describe(error)
         if message is None:
             raise

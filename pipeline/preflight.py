@@ -126,7 +126,7 @@ def _probe_all(inputs: Sequence[str], outputs: Sequence[str], project: str | Non
         bucket, prefix = _split(location)
         try:
             list(client().list_blobs(bucket, prefix=prefix, max_results=1, timeout=request_timeout, retry=None))
-        except Exception as error:  # noqa: BLE001 - classified below; anything else is passed on
+        except Exception as error:  # classified below; anything else is passed on
             problem = _storage_problem(error, location, "read")
             if problem is None:
                 raise
@@ -139,7 +139,7 @@ def _probe_all(inputs: Sequence[str], outputs: Sequence[str], project: str | Non
             blob = client().bucket(bucket).blob(name)
             blob.upload_from_string(b"", timeout=request_timeout, retry=None)
             blob.delete(timeout=request_timeout, retry=None)
-        except Exception as error:  # noqa: BLE001 - classified below; anything else is passed on
+        except Exception as error:  # classified below; anything else is passed on
             problem = _storage_problem(error, location, "write to")
             if problem is None:
                 raise

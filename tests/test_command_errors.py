@@ -75,10 +75,10 @@ def test_truncated_raster_read_beside_an_intact_one_blames_the_truncated_one(ras
     from pipeline.products import io as pio
 
     raster = raster.rename(tmp_path / "maps" / "cover_2020.tif")  # GDAL names the failing file by its base name
-    with pytest.raises(UserError, match=f"^{truncated}: cannot read its pixels"):
-        with pio.open_raster(str(truncated)) as broken, pio.open_raster(str(raster)) as intact:
-            intact.read(1)
-            broken.read(1)
+    with pytest.raises(UserError, match=f"^{truncated}: cannot read its pixels"), \
+            pio.open_raster(str(truncated)) as broken, pio.open_raster(str(raster)) as intact:
+        intact.read(1)
+        broken.read(1)
 
 
 def test_read_only_output_is_one_line_exit_2(raster, tmp_path, monkeypatch):

@@ -127,6 +127,12 @@ def _design(tmp_path, name, seed):
     return out
 
 
+def _rows(path):
+    """The rows of a sample.csv as dicts."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
 def _labelled(path, rows):
     rows = [dict(row, reference=row["map_class"]) for row in rows]
     with open(path, "w", newline="") as handle:
@@ -138,14 +144,14 @@ def _labelled(path, rows):
 
 def test_accuracy_estimate_of_its_own_design_is_accepted(tmp_path):
     out = _design(tmp_path, "a", 1)
-    sample = _labelled(tmp_path / "s.csv", list(csv.DictReader(open(out / "sample.csv"))))
+    sample = _labelled(tmp_path / "s.csv", _rows(out / "sample.csv"))
     code, _, err = run_cli("accuracy", "estimate", sample, "--design", out / "design.json", "--output", tmp_path / "e")
     assert code == 0, err
 
 
 def test_accuracy_estimate_duplicated_unit_id_is_refused(tmp_path):
     out = _design(tmp_path, "a", 1)
-    rows = list(csv.DictReader(open(out / "sample.csv")))
+    rows = _rows(out / "sample.csv")
     sample = _labelled(tmp_path / "s.csv", rows + [rows[3]])
     code, _, err = run_cli("accuracy", "estimate", sample, "--design", out / "design.json", "--output", tmp_path / "e")
     assert code == 2 and str(sample) in err and f"unit {rows[3]['id']}: duplicated (the id is used twice)" in err
@@ -154,7 +160,7 @@ def test_accuracy_estimate_duplicated_unit_id_is_refused(tmp_path):
 
 def test_accuracy_estimate_two_units_on_one_pixel_are_refused(tmp_path):
     out = _design(tmp_path, "a", 1)
-    rows = list(csv.DictReader(open(out / "sample.csv")))
+    rows = _rows(out / "sample.csv")
     copy = dict(rows[0], id="99")
     sample = _labelled(tmp_path / "s.csv", rows + [copy])
     code, _, err = run_cli("accuracy", "estimate", sample, "--design", out / "design.json", "--output", tmp_path / "e")
@@ -164,7 +170,7 @@ def test_accuracy_estimate_two_units_on_one_pixel_are_refused(tmp_path):
 
 def test_accuracy_estimate_with_a_design_made_for_another_map_is_refused(tmp_path):
     mine, other = _design(tmp_path, "a", 1), _design(tmp_path, "b", 2)
-    sample = _labelled(tmp_path / "s.csv", list(csv.DictReader(open(mine / "sample.csv"))))
+    sample = _labelled(tmp_path / "s.csv", _rows(mine / "sample.csv"))
     code, _, err = run_cli("accuracy", "estimate", sample, "--design", other / "design.json", "--output", tmp_path / "e")
     assert code == 2, err
     assert str(sample) in err and "the sample was drawn for another map or design" in err and "b.tif" in err
@@ -175,7 +181,7 @@ def test_accuracy_estimate_with_an_older_design_counts_units_per_stratum(tmp_pat
     design = json.loads((out / "design.json").read_text())
     del design["units"]
     (out / "old.json").write_text(json.dumps(design))
-    rows = list(csv.DictReader(open(out / "sample.csv")))
+    rows = _rows(out / "sample.csv")
     extra = [dict(rows[0], id=str(100 + i), row="0", col=str(i)) for i in range(3)]  # more mining units than drawn
     sample = _labelled(tmp_path / "s.csv", rows + extra)
     code, _, err = run_cli("accuracy", "estimate", sample, "--design", out / "old.json", "--output", tmp_path / "e")

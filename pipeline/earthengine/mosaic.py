@@ -16,7 +16,7 @@ Every function returns an `ee` object (a lazy graph); nothing here talks to the 
 from __future__ import annotations
 
 import datetime
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from model.presets import BAND_PRESETS
 from pipeline.errors import UserError
