@@ -4,6 +4,10 @@
   latitude-longitude cell on the CRS's ellipsoid (it shrinks with the cosine of latitude).
 - Projected CRS: the nominal cell area divided by the projection's areal scale factor at each pixel
   centre (1 for an equal-area projection, about 0.9992–1.0010 across a UTM zone).
+
+`pixel_areas_m2` computes these exactly for every pixel asked for. `PixelAreas` prepares a grid once
+(the row areas; or the exact areas on a 64-pixel lattice, interpolated bilinearly, within 1e-7 of exact)
+and serves any window, so a long series of large rasters pays for its areas once, in bounded memory.
 """
 from __future__ import annotations
 
