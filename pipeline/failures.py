@@ -63,6 +63,13 @@ def _describe_one(error: BaseException) -> str | None:
         auth_errors = None
     if auth_errors is not None and isinstance(error, auth_errors.TransportError):
         return f"Google Cloud: cannot connect ({_first_line(error)}): check the network, proxy and firewall"
+    try:
+        from google.api_core import exceptions as api
+    except ImportError:  # pragma: no cover
+        api = None
+    if api is not None and isinstance(error, (api.Unauthorized, api.Forbidden, api.NotFound)):
+        # Google's text names the request's URL (bucket and object) and the missing permission.
+        return f"Google Cloud refused a request ({_first_line(error)}): check the bucket, the path and the account's roles"
     if isinstance(error, OSError) and error.errno in _ADVICE:
         path = error.filename if error.filename is not None else error.filename2
         if path is None:

@@ -153,3 +153,14 @@ def test_describe_is_none_for_errors_that_are_not_the_environments():
     assert failures.describe(OSError(errno.EIO, "I/O error")) is None  # no path to name: a traceback is better
     assert failures.describe(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")).endswith(
         "cannot connect: check the network, proxy and firewall")
+
+
+def test_cloud_storage_refusal_mid_run_is_one_line_naming_the_object():
+    from apache_beam.io.filesystem import BeamIOError
+    from google.api_core import exceptions as api
+
+    refused = api.Forbidden("POST https://storage.googleapis.com/upload/storage/v1/b/mm-out/o?name=run/a.tif: "
+                            "nobody@p.iam.gserviceaccount.com does not have storage.objects.create access")
+    line = failures.describe(BeamIOError("Rename operation failed", {("gs://mm-out/.a.partial", "gs://mm-out/a.tif"): refused}))
+    assert line.startswith("Google Cloud refused a request (403 POST https://storage.googleapis.com/upload/storage/v1/b/mm-out/o?name=run/a.tif")
+    assert line.endswith("check the bucket, the path and the account's roles")
