@@ -9,6 +9,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import traceback
 from types import ModuleType
 
 from pipeline import __version__, commands
@@ -79,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
             add_help=getattr(module, "ADD_HELP", True), formatter_class=HelpFormatter,
         )
         module.configure(command_parser)
-        command_parser.set_defaults(_run=module.run)
+        command_parser.set_defaults(_run=module.run, _module=module)
     _finish(parser)
     return parser
 
@@ -104,10 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(verbosity_of(args.verbose, args.quiet))
     if getattr(sys.modules[args._run.__module__], "USES_TENSORFLOW", False):
         import_tensorflow_quietly()
+    from pipeline import failures, preflight
+
     try:
+        preflight.check_command(args._module, args)
         return int(args._run(args) or 0)
-    except UserError as error:
-        print(f"mining-mapper {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:  # people's mistakes become one line; bugs keep their traceback
+        message = str(error) if isinstance(error, UserError) else failures.describe(error)
+        if message is None:
+            raise
+        if args.verbose:
+            traceback.print_exc()
+        print(f"mining-mapper {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

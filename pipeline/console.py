@@ -127,6 +127,8 @@ def configure_logging(verbosity: int = NORMAL) -> None:
         logging.getLogger(name).setLevel(ours)
     # TensorFlow's Python side logs through absl into the "tensorflow" logger.
     logging.getLogger("tensorflow").setLevel(logging.ERROR if verbosity <= NORMAL else logging.INFO)
+    # urllib3 warns at every connection retry; the failure itself is reported as one line (pipeline.failures).
+    logging.getLogger("urllib3").setLevel(logging.ERROR if verbosity <= NORMAL else logging.INFO)
 
 
 def verbosity_of(verbose: bool, quiet: bool) -> int:

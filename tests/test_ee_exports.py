@@ -47,7 +47,7 @@ class FakeStorage:
         self.names = list(names)
         self.prefixes = []
 
-    def list_blobs(self, bucket, prefix=""):
+    def list_blobs(self, bucket, prefix="", **_options):
         self.prefixes.append((bucket, prefix))
         return [FakeBlob(n) for n in self.names if n.startswith(prefix)]
 

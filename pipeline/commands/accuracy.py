@@ -6,6 +6,9 @@ import sys
 
 NAME = "accuracy"
 HELP = "Accuracy assessment (Olofsson et al. 2014): 'design' a stratified sample, 'estimate' accuracy and area from its labels."
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ("map", "sample", "design")
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"{args.design}: not a design.json from 'accuracy design' ({error!r})") from None
     sample = acc.read_labelled_sample(args.sample, list(sizes), args.drop_unlabelled)
+    acc.check_sample_against_design(sample, design, str(args.sample), str(args.design))
     empty = [s for s in sizes if sizes[s] > 0 and s not in set(sample.strata)]
     if empty:
         raise UserError(f"{args.sample}: no labelled unit in stratum {', '.join(empty)}; every non-empty stratum needs one")

@@ -2,10 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+log = logging.getLogger(__name__)
 
 NAME = "classify-type"
 HELP = "Give each mining component of each year the class_id of nearby mineral occurrences (DESIGN.md §6); COG + table."
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ("mining", "occurrences")
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +37,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from rasterio.windows import Window
 
-    from pipeline.method.areas import pixel_areas_m2
+    from pipeline.method.areas import PixelAreas
     from pipeline.ranges import parse_years
     from pipeline.io.tables import load_class_id_table
     from pipeline.errors import UserError
     from pipeline.io import filesystem as fs
     from pipeline.io import rasters as annual_rasters
-    from pipeline.products.classify_type import CLASS_ID_NODATA, classify_year, metric_crs
+    from pipeline.products.classify_type import CLASS_ID_NODATA, classify_year, metric_crs, occurrences_within
     from pipeline.io.cog import CogWriter
     from pipeline.products.integrate import output_name
     from pipeline.products.occurrences import read_occurrences
@@ -55,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"{len(occurrences.ids)} of {occurrences.total} occurrence features usable ({occurrences.schema} fields)")
     refs = annual_rasters.discover(args.mining, parse_years(args.years))
     reprojected: dict[str, object] = {}
+    checked_footprints: set[tuple] = set()
     areas_by_grid: dict[tuple, np.ndarray] = {}
     writers, files, rows = [], {}, []
     per_year: dict[int, dict[int, float]] = defaultdict(lambda: defaultdict(float))
@@ -71,10 +78,19 @@ def run(args: argparse.Namespace) -> int:
             key = metric.to_wkt()
             if key not in reprojected:
                 reprojected[key] = occurrences.to_crs(metric)
+            footprint_key = (key, crs.to_wkt(), tuple(bounds))
+            if footprint_key not in checked_footprints:
+                checked_footprints.add(footprint_key)
+                if occurrences_within(reprojected[key], crs, bounds, metric, args.buffer) == 0:
+                    log.warning(
+                        "%s: no occurrence of %s falls within the raster (or %g m of it) after reprojection to its CRS; "
+                        "every mining component will be 301 (unidentified): check the occurrences' region and CRS",
+                        ref.path, args.occurrences, args.buffer,
+                    )
             grid_key = (crs.to_wkt(), tuple(transform)[:6], values.shape)
             if grid_key not in areas_by_grid:
                 areas_by_grid.clear()
-                areas_by_grid[grid_key] = pixel_areas_m2(crs, transform, values.shape)
+                areas_by_grid[grid_key] = PixelAreas(crs, transform, values.shape).window()
             class_ids, components = classify_year(
                 mining, observed, crs, transform, reprojected[key], metric, args.buffer,
                 table.order, table.unidentified, ref.year, ref.grid, areas_by_grid[grid_key],

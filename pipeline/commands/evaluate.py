@@ -9,6 +9,9 @@ HELP = (
     "evaluate an exported model on labelled patches (default: its validation split): IoU, F1, precision, "
     "recall, confusion matrix, a threshold sweep that picks a threshold; results go into model_card.json"
 )
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ("model", "data")
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def _thresholds(text: str) -> list[float]:

@@ -46,12 +46,20 @@ def _geometry_costs() -> str:
     return "Costs: " + "; ".join(parts) + " (with large tiles, inference costs ~1.1-1.4 px per core pixel whatever the export)"
 
 
+def preflight_paths(args) -> tuple[list[str], list[str]]:
+    """gs:// paths probed before the command runs: the exports root, listed to skip complete exports."""
+    if args.dry_run:
+        return [], [args.out]
+    return ([] if args.force else [args.exports]), []
+
+
 def build_specs(args):
     """The export specs the options describe (Earth Engine must be initialised, online or offline)."""
-    from pipeline.earthengine import exports, options
+    from pipeline.earthengine import exports, mosaic, options
     from pipeline.errors import UserError
 
     years = options.parse_years(args.years)
+    mosaic.check_years(years)
     export_options = exports.ExportOptions(
         exports=args.exports,
         preset=args.band_preset,
@@ -74,6 +82,7 @@ def build_specs(args):
 
 def run(args) -> int:
     """Dry run: write the requests. Otherwise: initialise, submit (resumable, rate-limited) and optionally wait."""
+    from pipeline import preflight
     from pipeline.earthengine import auth, exports, options, storage
 
     backoff = options.backoff_from_args(args)
@@ -83,7 +92,7 @@ def run(args) -> int:
         path = exports.write_dry_run(specs, args.out)
         print(f"export: {len(specs)} task requests written to {path} (nothing sent)")
         return 0
-    auth.initialize(auth.config_from_args(args))
+    preflight.probe_earth_engine(auth.config_from_args(args))
     specs = build_specs(args)
     client = None if args.force else storage.default_client(args.project)
     outcomes = exports.submit_exports(

@@ -10,6 +10,9 @@ import time
 
 NAME = "filter"
 HELP = "Apply gap fill → temporal → spatial → frequency filters (DESIGN.md §3) to annual rasters; write COGs."
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ("inputs",)
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +48,7 @@ def _progress(quiet: bool):
 
 def run(args: argparse.Namespace) -> int:
     """Read, filter, and publish the COGs, areas.csv and summary.json all at once (or nothing)."""
-    from pipeline.method.areas import hectares_per_year, pixel_areas_m2
+    from pipeline.method.areas import PixelAreas, hectares_per_year
     from pipeline.errors import UserError
     from pipeline.method.filters import STAGES, FilterParams, apply_chain
     from pipeline.ranges import parse_years
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         progress=lambda i, n, path: say(f"read {i}/{n} {os.path.basename(path)}") if i % 10 == 0 or i == n else None,
     )
     say(f"filtering a {series.stack.shape[0]}×{series.stack.shape[1]}×{series.stack.shape[2]} stack, mode {params.mode}")
-    areas = pixel_areas_m2(series.crs, series.transform, series.stack.shape[1:])
+    areas = PixelAreas(series.crs, series.transform, series.stack.shape[1:]).window()  # lattice: not 160 B/px
     hectares: dict[str, object] = {}
 
     def measure(stage, stack):

@@ -32,6 +32,14 @@ def configure(parser) -> None:
     auth.add_arguments(parser)
 
 
+def preflight_paths(args) -> tuple[list[str], list[str]]:
+    """gs:// paths probed before the command runs: the prefix listed, and the COGs when their tags are read."""
+    inputs = [args.cogs_prefix] if args.cogs_prefix else []
+    if args.read_tags and args.cogs:
+        inputs += list(args.cogs)
+    return inputs, [args.out] if args.dry_run else []
+
+
 def cog_uris(args) -> list[str]:
     """The COG URIs named by --cogs, --cogs-list or --cogs-prefix (listing the bucket for the last)."""
     from pathlib import Path
@@ -59,7 +67,7 @@ def cog_uris(args) -> list[str]:
 
 def run(args) -> int:
     """Build the manifests; dry run writes them, otherwise create the collection and start the ingestions."""
-    from pipeline import __version__
+    from pipeline import __version__, preflight
     from pipeline.earthengine import auth, ingest, options
 
     backoff = options.backoff_from_args(args)
@@ -72,15 +80,17 @@ def run(args) -> int:
         bands=tuple(b.strip() for b in args.bands.split(",") if b.strip()),
     )
     ingest.collection_name(args.collection)  # validate before any listing or reading
+    ingest.check_threshold(args.threshold)
     uris = cog_uris(args)
     items = [
         ingest.make_item(uri, ingest_options, ingest.read_cog_tags(uri) if args.read_tags else None) for uri in uris
     ]
+    ingest.check_items(items, real=not args.dry_run)
     if args.dry_run:
         path = ingest.write_dry_run(items, ingest_options, args.out, args.overwrite)
         print(f"ingest: {len(items)} manifests written to {path} (nothing sent)")
         return 0
-    auth.initialize(auth.config_from_args(args))
+    preflight.probe_earth_engine(auth.config_from_args(args))
     if ingest.ensure_collection(ingest_options, backoff):
         print(f"ingest: created ImageCollection {ingest.collection_name(args.collection)}")
     outcomes = ingest.ingest(items, ingest_options, overwrite=args.overwrite, per_second=args.rate, backoff=backoff)

@@ -6,6 +6,9 @@ import sys
 
 NAME = "integrate"
 HELP = "Integrate the mining maps with a land-cover map per year by prevalence rank (DESIGN.md §5); write COGs."
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ("mining", "land_cover", "prevalence")
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

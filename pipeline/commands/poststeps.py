@@ -104,6 +104,7 @@ def run(args) -> int:
     import json
     from pathlib import Path
 
+    from pipeline import preflight
     from pipeline.earthengine import auth, options, poststeps
 
     backoff = options.backoff_from_args(args)
@@ -119,7 +120,7 @@ def run(args) -> int:
         path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         print(f"ee-poststeps: {len(tasks)} task requests written to {path} (nothing sent)")
         return 0
-    auth.initialize(auth.config_from_args(args))
+    preflight.probe_earth_engine(auth.config_from_args(args))
     tasks = build_tasks(args)
     outcomes = poststeps.start_tasks(tasks, overwrite=args.overwrite, per_second=args.rate, backoff=backoff)
     return options.report_started("ee-poststeps", outcomes, args, backoff, "tasks")

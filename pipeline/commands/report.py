@@ -6,6 +6,9 @@ import sys
 
 NAME = "report"
 HELP = "One self-contained HTML report per run (areas per grid and in total, summary, filter effects, quicklooks over the input mosaic, links) and a STAC collection of its COGs."
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ("run", "class_id", "products", "before")
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

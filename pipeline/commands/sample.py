@@ -10,6 +10,9 @@ HELP = (
     "Generate sample Earth Engine TFRecord exports (shards + mixer, kernel buffer) over real Collection 9 "
     "grid cells for many years, with training patches and the true classes."
 )
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ()
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

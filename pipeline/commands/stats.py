@@ -8,6 +8,9 @@ from pipeline.ranges import parse_years
 
 NAME = "stats"
 HELP = "Mining area per year (total, per grid, per class_id) in hectares from true pixel areas; CSV and JSON."
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ("inputs",)
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,9 @@ HELP = (
     "train the U-Net on Earth Engine training-patch TFRecords (tf.Transform preprocessing, spatial "
     "validation split, resumable checkpoints) and export the serving model with its model card"
 )
+# gs:// paths probed before the command runs (pipeline/preflight.py)
+PREFLIGHT_INPUTS = ("data",)
+PREFLIGHT_OUTPUTS = ("output",)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

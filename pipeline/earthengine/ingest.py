@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 PROPERTY_KEYS = ("grid", "year", "model", "threshold", "filter_mode", "version")
 _LAYOUT = re.compile(r"/(?P<grid>\d{1,4})/(?P<year>\d{4})/[^/]+$")
 _NAME = re.compile(r"(?:^|[^0-9])(?P<grid>\d{1,4})[_-](?P<year>\d{4})(?=[^0-9]|$)")
+# A Cloud asset name: a Cloud project id (6-30 characters: a lowercase letter, then lowercase letters, digits
+# or hyphens, not ending in a hyphen; optionally behind a 'domain:' prefix), then path segments of letters,
+# digits, '_' and '-' (Earth Engine's rule for asset ids).
+_ASSET_NAME = re.compile(
+    r"projects/(?:[a-z][-a-z0-9.]*:)?[a-z][-a-z0-9]{4,28}[a-z0-9]/assets/[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*"
+)
 
 
 def collection_name(collection: str) -> str:
@@ -38,6 +44,11 @@ def collection_name(collection: str) -> str:
     name = _cloud_api_utils.convert_asset_id_to_asset_name(collection)
     if name.startswith("projects/earthengine-public/"):
         raise UserError(f"--collection {collection!r}: not a user asset; use projects/P/assets/PATH")
+    if not _ASSET_NAME.fullmatch(name) or (collection.startswith("projects/") and name != collection):
+        raise UserError(
+            f"--collection {collection!r}: not a valid asset id (projects/PROJECT/assets/PATH: a Cloud project id, "
+            "then folders and a name of letters, digits, '_' and '-')"
+        )
     return name
 
 
@@ -133,7 +144,33 @@ def make_item(uri: str, options: IngestOptions, tags: dict[str, str] | None = No
             flag = "--software-version" if key == "version" else "--" + key.replace("_", "-")
             raise UserError(f"{uri}: no {key} (not in the tags; give {flag})")
         properties[key] = _coerce(key, value, uri)
+    check_threshold(properties["threshold"], uri)
     return CogItem(uri, properties)
+
+
+def check_threshold(threshold: float | None, where: str = "--threshold") -> None:
+    """Refuse a probability threshold outside [0, 1] (or NaN): the image would record a meaningless value."""
+    if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+        raise UserError(f"{where}: threshold {threshold!r} is not a probability in [0, 1]")
+
+
+def check_items(items: Sequence[CogItem], real: bool) -> None:
+    """Refuse COG lists that would ingest something twice or that Earth Engine cannot read.
+
+    Two entries with the same URI, or two COGs of the same (grid, year) (they would become the same
+    image asset), are refused naming both. For a real ingestion (`real`), every source must be a gs://
+    URI: Earth Engine reads the COG from Cloud Storage, never from this machine.
+    """
+    seen: dict[tuple[int, int], str] = {}
+    for item in items:
+        if real and not item.uri.startswith("gs://"):
+            raise UserError(f"{item.uri}: not a gs:// URI; Earth Engine ingests COGs from Cloud Storage only "
+                            "(copy it to a bucket, or use --dry-run)")
+        key = (item.grid, item.year)
+        if key in seen:
+            what = "listed twice" if seen[key] == item.uri else f"same grid {item.grid} and year {item.year} as {seen[key]}"
+            raise UserError(f"{item.uri}: duplicated COG ({what}); each (grid, year) becomes one image")
+        seen[key] = item.uri
 
 
 def asset_id(options: IngestOptions, grid: int, year: int) -> str:

@@ -18,9 +18,11 @@ Every function returns an `ee` object (a lazy graph); nothing here talks to the 
 """
 from __future__ import annotations
 
-from typing import Sequence
+import datetime
+from collections.abc import Iterable, Sequence
 
 from pipeline.contract import BAND_PRESETS, EXPORT_MAX, INDEX_OFFSET, INDEX_SCALE, REFLECTANCE_SCALE
+from pipeline.errors import UserError
 
 COLLECTIONS = {
     "L5": "LANDSAT/LT05/C02/T1_TOA",
@@ -65,6 +67,32 @@ def sensors_for_year(year: int) -> tuple[str, ...]:
     if int(year) != year or year < FIRST_YEAR:
         raise ValueError(f"year {year!r}: mosaics start in {FIRST_YEAR}")
     return ("L5", "L7", "L8") if year < SENSOR_SWITCH_YEAR else ("L8", "L9")
+
+
+def last_year(today: datetime.date | None = None) -> int:
+    """The last year a mosaic can be made for: the current UTC year (Landsat 8 and 9 are still acquiring).
+
+    The running year's mosaic holds only the scenes acquired so far; later years hold no image at all.
+    """
+    today = today or datetime.datetime.now(datetime.timezone.utc).date()
+    return today.year
+
+
+def check_years(years: Iterable[int], today: datetime.date | None = None) -> None:
+    """Refuse years outside the collections the mosaics use (DESIGN.md §1.1), before any request is built.
+
+    The span is FIRST_YEAR (the first full year of Landsat 5 in the merged collections, where the series
+    starts) to `last_year(today)`; a year outside it would be an empty mosaic or, before FIRST_YEAR, no
+    sensor at all.
+    """
+    first, last = FIRST_YEAR, last_year(today)
+    outside = [year for year in years if not first <= year <= last]
+    if outside:
+        shown = ", ".join(str(y) for y in outside[:5]) + (" …" if len(outside) > 5 else "")
+        raise UserError(
+            f"--years: {shown} outside the Landsat collections the mosaics use ({first}-{last}: "
+            f"{', '.join(COLLECTIONS.values())})"
+        )
 
 
 def year_dates(year: int) -> tuple[str, str]:

@@ -158,12 +158,17 @@ def publish_atomically(files: Mapping[str, bytes | os.PathLike]) -> None:
             directory, name = path.rsplit("/", 1) if "://" in path else os.path.split(path)
             temporary = join(directory, f".{name}.partial-{uuid.uuid4().hex}")
             staged[temporary] = path
-            with filesystems.create(temporary) as handle:
-                if isinstance(data, (bytes, bytearray)):
-                    handle.write(data)
-                else:
-                    with open(data, "rb") as source:
-                        shutil.copyfileobj(source, handle, 8 << 20)
+            try:
+                with filesystems.create(temporary) as handle:
+                    if isinstance(data, (bytes, bytearray)):
+                        handle.write(data)
+                    else:
+                        with open(data, "rb") as source:
+                            shutil.copyfileobj(source, handle, 8 << 20)
+            except OSError as error:
+                if error.filename is None and error.errno is not None:  # a failed write (full disk) names no file
+                    raise OSError(error.errno, error.strerror, path) from error
+                raise
     except BaseException:
         leftovers = [t for t in staged if filesystems.exists(t)]
         if leftovers:

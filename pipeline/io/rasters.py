@@ -6,6 +6,7 @@ pipeline's 0 / 1 / 255 classes. Rasters are opened through GDAL, which reads ``g
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import os
@@ -180,12 +181,27 @@ def _check_same_grid(path: str, grid: tuple, reference: tuple) -> None:
         raise UserError(f"{path}: transform {tuple(transform)[:6]} differs from {ref_path} ({tuple(ref_transform)[:6]})")
 
 
+@contextlib.contextmanager
 def open_raster(path: str):
-    """Open a raster for reading (local or gs://), turning GDAL's failure into a UserError naming the file."""
+    """Open a raster for reading (local or gs://) in a `with` block; GDAL's failures become a UserError naming it.
+
+    Both opening and reading are covered: a pixel read that fails inside the block (a truncated or
+    corrupt file) names this file, unless GDAL's own message names another file (a dataset opened in
+    the same block), which is then left for that dataset's block to report (GDAL gives base names only,
+    so two datasets of one base name cannot be told apart: the innermost block reports).
+    """
     try:
-        return rasterio.open(gdal_path(path))
+        dataset = rasterio.open(gdal_path(path))
     except rasterio.errors.RasterioIOError as error:
         raise UserError(f"{path}: not a readable raster ({error})") from None
+    with dataset:
+        try:
+            yield dataset
+        except rasterio.errors.RasterioIOError as error:
+            detail = str(error.__cause__ or error)
+            if error.__cause__ is not None and os.path.basename(dataset.name) not in detail:
+                raise
+            raise UserError(f"{path}: cannot read its pixels, the file is truncated or corrupt ({detail})") from error
 
 
 def _match_remote(pattern: str) -> list[str]:

@@ -332,7 +332,7 @@ def make_design(
 
     from pyproj import CRS, Transformer
 
-    from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
+    from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, PixelAreas
     from pipeline.io import rasters as annual_rasters
     from pipeline.products.stats import nodata_mask
 
@@ -346,7 +346,7 @@ def make_design(
     observed = ~nodata_mask(values, [nodata, *extra_nodata])
     mining = observed & (values == class_value)
     strata = strata_map(mining, observed, ring_width_m, pixel_size_m(crs, transform, values.shape))
-    areas = np.broadcast_to(pixel_areas_m2(crs, transform, values.shape), values.shape)
+    areas = np.broadcast_to(PixelAreas(crs, transform, values.shape).window(), values.shape)
     sizes = {name: int(np.count_nonzero(strata == STRATUM_CODES[name])) for name in STRATA}
     area_ha = {name: float(areas[strata == STRATUM_CODES[name]].sum(dtype=np.float64)) / SQUARE_METRES_PER_HECTARE for name in STRATA}
     total = sum(sizes.values())
@@ -387,6 +387,8 @@ def make_design(
             name: {"map_class": "mining" if name == "mining" else "not_mining", "pixels": sizes[name], "area_ha": round(area_ha[name], 4), "n": plan[name]}
             for name in STRATA
         },
+        # Every unit as drawn: lets `estimate` refuse a sample that was drawn for another map or design.
+        "units": [[i, stratum, row, col] for i, (stratum, row, col) in enumerate(picked, start=1)],
         "instructions": "Label each point's 'reference' as mining or not_mining from imagery of the map's year; "
         "keep 'stratum' and 'map_class' unchanged; then run `mining-mapper accuracy estimate`.",
     }
@@ -404,6 +406,8 @@ class LabelledSample:
     strata: list[str]
     map_classes: list[str]
     reference: list[str]
+    ids: list[str] = dataclasses.field(default_factory=list)
+    positions: list[tuple[int, int] | None] = dataclasses.field(default_factory=list)
 
 
 def read_labelled_sample(path: str, strata_names: Sequence[str], drop_unlabelled: bool = False) -> LabelledSample:
@@ -434,8 +438,21 @@ def read_labelled_sample(path: str, strata_names: Sequence[str], drop_unlabelled
         raise UserError(f"{path}: missing column(s) {', '.join(missing)} (needs stratum, map_class, reference)")
     problems: list[str] = []
     out = LabelledSample([], [], [])
+    first_of_id: dict[str, int] = {}
+    first_at: dict[tuple[int, int], str] = {}
     for number, record in enumerate(records, start=1):
-        where = f"unit {record.get('id') or number}"
+        unit_id = str(record.get("id") or number).strip()
+        where = f"unit {unit_id}"
+        position = _position(record)
+        if unit_id in first_of_id:
+            problems.append(f"{where}: duplicated (the id is used twice)")
+            continue
+        if position is not None and position in first_at:
+            problems.append(f"{where}: duplicated (same pixel row {position[0]}, col {position[1]} as unit {first_at[position]})")
+            continue
+        first_of_id[unit_id] = number
+        if position is not None:
+            first_at[position] = unit_id
         stratum = str(record["stratum"]).strip()
         reference_raw = record["reference"]
         if stratum not in strata_names:
@@ -457,12 +474,59 @@ def read_labelled_sample(path: str, strata_names: Sequence[str], drop_unlabelled
         out.strata.append(stratum)
         out.map_classes.append(map_class)
         out.reference.append(reference)
+        out.ids.append(unit_id)
+        out.positions.append(position)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise UserError(f"{path}: {len(problems)} bad sample unit(s): {shown} (classes: mining, not_mining)")
     if not out.strata:
         raise UserError(f"{path}: no labelled sample unit left")
     return out
+
+
+def _position(record: Mapping) -> tuple[int, int] | None:
+    """(row, col) of a sample unit when the record carries both as integers, else None."""
+    try:
+        return int(str(record["row"]).strip()), int(str(record["col"]).strip())
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def check_sample_against_design(sample: LabelledSample, design: Mapping, sample_path: str, design_path: str) -> None:
+    """Refuse a labelled sample that was not drawn by this design (a design made for another map).
+
+    design.json lists every unit it drew (id, stratum, row, col): each labelled unit must be one of
+    them, in the same stratum and, when the sample gives row and col, at the same pixel. A design.json
+    without that list (an older one) is checked by its per-stratum sizes: no stratum may hold more
+    labelled units than the design drew in it.
+    """
+    units = design.get("units")
+    raster = design.get("raster", "?")
+    if units is None:
+        drawn = {name: int(spec.get("n", 0)) for name, spec in design["strata"].items()}
+        for name in drawn:
+            labelled = sample.strata.count(name)
+            if labelled > drawn[name]:
+                raise UserError(
+                    f"{sample_path}: {labelled} units in stratum {name} but {design_path} drew {drawn[name]}; "
+                    f"the sample was not drawn by this design (map {raster})"
+                )
+        return
+    try:
+        by_id = {str(u[0]): (str(u[1]), int(u[2]), int(u[3])) for u in units}
+    except (TypeError, ValueError, IndexError) as error:
+        raise UserError(f"{design_path}: malformed 'units' list ({error!r})") from None
+    for unit_id, stratum, position in zip(sample.ids, sample.strata, sample.positions):
+        drawn = by_id.get(unit_id)
+        if drawn is None:
+            raise UserError(f"{sample_path}: unit {unit_id} is not a unit of {design_path}; "
+                            f"the sample was drawn for another map or design (design map {raster})")
+        if drawn[0] != stratum or (position is not None and position != drawn[1:]):
+            raise UserError(
+                f"{sample_path}: unit {unit_id} ({stratum}, row {position[0] if position else '?'}, "
+                f"col {position[1] if position else '?'}) is not the design's unit {unit_id} ({drawn[0]}, row {drawn[1]}, "
+                f"col {drawn[2]}); the sample was drawn for another map or design (design map {raster})"
+            )
 
 
 def estimate_files(est: Estimates, mapped_area_ha: Mapping[str, float], extra: Mapping[str, object] | None = None) -> dict[str, bytes]:

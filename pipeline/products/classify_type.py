@@ -57,6 +57,25 @@ def metric_crs(raster_crs, bounds: Sequence[float]) -> CRS:
     return CRS.from_proj4(f"+proj=laea +lat_0={lat:.6f} +lon_0={lon:.6f} +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs")
 
 
+def occurrences_within(occurrences_metric: Occurrences, raster_crs, bounds: Sequence[float], metric: CRS, buffer_m: float) -> int:
+    """How many occurrence features (already in `metric`) fall within a raster's footprint grown by the buffer.
+
+    The footprint is the raster's bounds (in its own CRS) reprojected into `metric` with densified
+    edges. None means no component can match anything: every component would become 301, which
+    usually betrays occurrences of another region or a CRS the source declares wrongly.
+    """
+    if len(occurrences_metric.geometries) == 0:
+        return 0
+    crs = CRS.from_user_input(raster_crs.to_wkt() if hasattr(raster_crs, "to_wkt") else raster_crs)
+    west, south, east, north = bounds
+    footprint = shapely.box(west, south, east, north).segmentize(max(east - west, north - south) / 20.0)
+    if crs != metric:
+        to_metric = Transformer.from_crs(crs, metric, always_xy=True)
+        footprint = shapely.transform(footprint, lambda xy: np.column_stack(to_metric.transform(xy[:, 0], xy[:, 1])))
+    area = footprint.buffer(buffer_m) if buffer_m > 0 else footprint
+    return int(np.count_nonzero(shapely.intersects(area, occurrences_metric.geometries)))
+
+
 def choose_code(codes: Sequence[int], order: Mapping[int, int]) -> int:
     """The most frequent code; ties go to the code that comes first in Table 3."""
     counts = Counter(int(c) for c in codes)

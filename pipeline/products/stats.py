@@ -27,7 +27,7 @@ from pyproj import CRS, Transformer
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
+from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, PixelAreas
 from pipeline.errors import UserError
 from pipeline.io import rasters as annual_rasters
 from pipeline.io.cog import CLASS_ID_NODATA, row_windows
@@ -114,29 +114,28 @@ def owned_mask(lon: np.ndarray, lat: np.ndarray, own: Footprint, others: Sequenc
 
 
 class AreaCache:
-    """Pixel areas of the windows of one grid, reused across its years (same CRS, transform and shape).
+    """Pixel areas of one grid (`pipeline.method.areas.PixelAreas`), prepared once and reused across its years.
 
-    Computing projected pixel areas costs a projection per pixel, so a series of 36 years would pay it
-    36 times. Only one grid is kept (a new grid empties the cache), and only rasters up to
-    `max_cells` pixels are cached, so memory stays bounded.
+    A series of 36 years of one grid pays the area computation once: per row in a geographic CRS, on a
+    64-pixel lattice interpolated per window in a projected one. Only the last grid is kept (a new grid
+    replaces it); what is kept is one value per row, or one per lattice node, so memory stays bounded by
+    the window, whatever the raster's size.
     """
 
-    def __init__(self, max_cells: int = 8_000_000) -> None:
-        self.max_cells = max_cells
+    def __init__(self) -> None:
         self._grid_key: tuple | None = None
-        self._windows: dict[tuple, np.ndarray] = {}
+        self._areas: PixelAreas | None = None
+
+    def grid(self, crs, transform, shape: tuple[int, int]) -> PixelAreas:
+        """The `PixelAreas` of a grid, from the cache when the same grid was measured before."""
+        grid_key = (crs.to_wkt(), tuple(transform)[:6], tuple(shape))
+        if grid_key != self._grid_key or self._areas is None:
+            self._grid_key, self._areas = grid_key, PixelAreas(crs, transform, shape)
+        return self._areas
 
     def areas(self, crs, transform, shape: tuple[int, int], window: Window) -> np.ndarray:
-        """`pixel_areas_m2` of a window, from the cache when the same grid was measured before."""
-        grid_key = (crs.to_wkt(), tuple(transform)[:6], tuple(shape))
-        if shape[0] * shape[1] > self.max_cells:
-            return pixel_areas_m2(crs, transform, shape, window)
-        if grid_key != self._grid_key:
-            self._grid_key, self._windows = grid_key, {}
-        key = (int(window.col_off), int(window.row_off), int(window.width), int(window.height))
-        if key not in self._windows:
-            self._windows[key] = pixel_areas_m2(crs, transform, shape, window)
-        return self._windows[key]
+        """Pixel areas (m²) of a window, broadcastable to its shape: (rows, 1) when geographic."""
+        return self.grid(crs, transform, shape).window(window)
 
 
 def nodata_mask(values: np.ndarray, nodata_values: Iterable[float]) -> np.ndarray:
@@ -179,24 +178,23 @@ def measure_raster(
         to_lonlat = Transformer.from_crs(CRS.from_wkt(src.crs.to_wkt()), "EPSG:4326", always_xy=True) if others else None
         class_sums: dict[int, float] = defaultdict(float)
         counted_sums: dict[int, float] = defaultdict(float)
+        grid = (cache or AreaCache()).grid(src.crs, src.transform, (src.height, src.width))
         for window in row_windows(src.height, src.width, chunk_rows):
             values = src.read(1, window=window)
-            shape = (src.height, src.width)
-            window_areas = cache.areas(src.crs, src.transform, shape, window) if cache else pixel_areas_m2(src.crs, src.transform, shape, window)
-            areas = np.broadcast_to(window_areas, values.shape)
             observed = ~nodata_mask(values, nodata_values)
             mining = observed & ((values != 0) if kind == KIND_CLASS_ID else (values == class_value))
-            result.observed_ha += float(areas[observed].sum(dtype=np.float64)) / SQUARE_METRES_PER_HECTARE
+            result.observed_ha += grid.hectares(observed, window)
+            if not mining.any():
+                continue
             result.mining_pixels += int(np.count_nonzero(mining))
-            mining_ha = float(areas[mining].sum(dtype=np.float64)) / SQUARE_METRES_PER_HECTARE
+            mining_ha = grid.hectares(mining, window)
             result.mining_ha += mining_ha
             counted = mining
-            if others and mining.any():
+            if others:
                 counted = mining & _owned_in_window(src, window, to_lonlat, own, others)
-            result.counted_mining_ha += (
-                mining_ha if counted is mining else float(areas[counted].sum(dtype=np.float64)) / SQUARE_METRES_PER_HECTARE
-            )
-            if kind == KIND_CLASS_ID and mining.any():
+            result.counted_mining_ha += mining_ha if counted is mining else grid.hectares(counted, window)
+            if kind == KIND_CLASS_ID:
+                areas = np.broadcast_to(grid.window(window), values.shape)
                 _add_by_class(class_sums, values[mining], areas[mining])
                 _add_by_class(counted_sums, values[counted], areas[counted])
         result.class_ha = dict(sorted(class_sums.items()))
