@@ -34,6 +34,7 @@ TEST_REQUIRES = [
     "websockets>=12",  # the report's browser test talks to headless Chromium over the DevTools protocol
     "pyyaml>=6",  # cloudbuild.yaml is parsed by the template tests
     "jsonschema>=4.18",  # the STAC documents are validated offline against vendored schemas (referencing)
+    "ruff==0.17.6",  # make lint (rules in ruff.toml)
 ]
 
 setup(

@@ -257,8 +257,10 @@ def test_evaluate_command_records_exact_metrics_in_the_card(trained_run, tmp_pat
         ref = y > 0
         obs = observed_mask(x)[..., None]
         assert np.array_equal(obs, w > 0)
-        tp += int((pred & ref & obs).sum()); fp += int((pred & ~ref & obs).sum())
-        fn += int((~pred & ref & obs).sum()); tn += int((~pred & ~ref & obs).sum())
+        tp += int((pred & ref & obs).sum())
+        fp += int((pred & ~ref & obs).sum())
+        fn += int((~pred & ref & obs).sum())
+        tn += int((~pred & ~ref & obs).sum())
     assert report["at_threshold"]["confusion_matrix"]["matrix"] == [[tn, fp], [fn, tp]]
     assert report["at_threshold"]["iou"] == pytest.approx(tp / (tp + fp + fn))
 

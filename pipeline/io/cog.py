@@ -286,7 +286,7 @@ class CogWriter:
             self._dataset.close()
         shutil.rmtree(self._folder, ignore_errors=True)
 
-    def __enter__(self) -> "CogWriter":
+    def __enter__(self) -> CogWriter:
         return self
 
     def __exit__(self, *exc) -> None:
