@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
     from model import receptive_field, tiling
     from model.inference import class_disagreement, make_inference_fn
-    from tests.unet_support import generated_export, random_unet
+    from tests.support.unet import generated_export, random_unet
 
     model = random_unet(4, bands=6, filters=args.filters, seed=0)
     geometry, patches = generated_export(args.grid, args.grid, 256, 256, 6, seed=0)

@@ -1,5 +1,5 @@
 """The band metadata every COG carries (issue 15, deliverable 5): one function, `describe_cog`, used by
-both writers (`pipeline.rasters.encode_cog` for the pipeline and `filter`, `CogWriter` for the products)."""
+both writers (`pipeline.io.cog.encode_cog` for the pipeline and `filter`, `CogWriter` for the products)."""
 from __future__ import annotations
 
 import os

@@ -14,7 +14,7 @@ from pipeline import __version__
 from pipeline.cli import main
 from pipeline.earthengine import auth, ingest, retry
 from pipeline.errors import UserError
-from tests.test_ee_exports import Recorder, http_error
+from tests.support.earthengine import Recorder, http_error
 
 COLLECTION = "projects/my-project/assets/mining/c9"
 OPTIONS = ingest.IngestOptions(COLLECTION, model="unet-c9", threshold=0.5, filter_mode="appendix", version="0.1.0")

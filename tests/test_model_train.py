@@ -163,7 +163,7 @@ def test_keras_serving_model_large_tiles_equal_the_handler(trained_run):
     """The trained serving.keras (preprocessing inside) by large tiles gives the handler's record-wise classes."""
     from model import tiling
     from model.export import KERAS_FILE
-    from tests.unet_support import generated_export
+    from tests.support.unet import generated_export
     from transforms.inference import PatchModelHandler, load_model
 
     _, run = trained_run

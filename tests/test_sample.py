@@ -1,4 +1,4 @@
-"""The sample generator (pipeline/sample.py) and `mining-mapper sample`: format, georeference, content, determinism."""
+"""The sample generator (pipeline/demo/sample.py) and `mining-mapper sample`: format, georeference, content, determinism."""
 from __future__ import annotations
 
 import json
