@@ -8,14 +8,12 @@ module-level ones and those inside functions (the lazy imports count just the sa
 """
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ROOT_PACKAGES = ("pipeline", "transforms", "model")
+from tests.support.imports import REPO_ROOT, import_edges
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: shared vocabulary, no dependencies beyond the standard library and numpy
@@ -46,51 +44,6 @@ def unit_of(module: str, layers: Iterable[Iterable[str]] = LAYERS) -> tuple[str,
             if inside and (best is None or len(unit) > len(best[0])):
                 best = (unit, index)
     return best
-
-
-def module_name(path: Path, root: Path) -> str:
-    """The dotted module name of a source file under `root` (a package's `__init__` is the package)."""
-    parts = list(path.relative_to(root).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def imported_modules(source: str, module: str, is_package: bool, modules: set[str]) -> list[tuple[str, int]]:
-    """Every (imported module, line) in `source`, at any depth, relative imports resolved.
-
-    `from a.b import c` is the module `a.b.c` when that is one of `modules` (a submodule), else `a.b`
-    (c is a name defined in it).
-    """
-    found: list[tuple[str, int]] = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found.extend((alias.name, node.lineno) for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = module.split(".") if is_package else module.split(".")[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            for alias in node.names:
-                submodule = f"{target}.{alias.name}"
-                found.append((submodule if submodule in modules else target, node.lineno))
-    return found
-
-
-def import_edges(root: Path = REPO_ROOT, packages: Iterable[str] = ROOT_PACKAGES) -> list[tuple[str, int, str]]:
-    """(importing module, line, imported name) for every import of a project module in `packages`."""
-    packages = tuple(packages)
-    paths = sorted(path for package in packages for path in (root / package).rglob("*.py"))
-    modules = {module_name(path, root) for path in paths}
-    edges = set()
-    for path in paths:
-        module = module_name(path, root)
-        for target, line in imported_modules(path.read_text(), module, path.name == "__init__.py", modules):
-            if target.split(".")[0] in packages:
-                edges.add((module, line, target))
-    return sorted(edges)
 
 
 def upward_imports(edges: Iterable[tuple[str, int, str]], layers=LAYERS) -> list[str]:
