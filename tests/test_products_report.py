@@ -274,7 +274,7 @@ def test_quicklook_reduction_keeps_every_mine():
 # A pipeline-shaped run of two grids with its Earth Engine exports (no Beam: the COGs are written directly)
 # --------------------------------------------------------------------------------------------------
 def _pipeline_run(root):
-    """Exports of grids 1010 and 1011 (tests.test_pipeline's layout), their COGs for 2000, 2003 and 2007
+    """Exports of grids 1010 and 1011 (tests.support.synthetic_run's layout), their COGs for 2000, 2003 and 2007
     (1011 with twice the mining and a shifted footprint; 1010 without mining in 2000) and a summary.json."""
     from affine import Affine
 
