@@ -2,6 +2,7 @@
 #   make demo   creates .venv, installs the project, then generates sample Earth Engine exports, trains the
 #               demo U-Net on the sample's training patches (seeded) and runs the whole pipeline on them
 #   make test   creates .venv, installs the project with its test extra and runs the test suite (CI: .ci/run)
+#   make lint   ruff over the whole tree (rules in ruff.toml; CI runs it before the tests)
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ SHARED ?= ../shared/data
 DEMO_OUT ?= out/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo demo-filter test test-browser airflow-test bench clean
+.PHONY: setup demo demo-filter lint test test-browser airflow-test bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -41,6 +42,9 @@ test-browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || \
 	    echo "chromium not installed: the report's browser test will skip"; }
+
+lint: setup
+	$(BIN)/ruff check --no-cache .
 
 test: setup test-browser
 	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS) tests

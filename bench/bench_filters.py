@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from scipy import ndimage
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.method import filters as F  # noqa: E402
+from bench.timing import best_seconds  # noqa: E402
 from tests import reference_filters as ref  # noqa: E402
 
 
@@ -36,15 +36,6 @@ def realistic_stack(years: int, size: int, seed: int = 0) -> np.ndarray:
     return stack
 
 
-def timed(fn, repeat: int = 1) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--years", type=int, default=39)
@@ -56,7 +47,7 @@ def main() -> None:
     mpx_years = stack.size / 1e6
     crop = stack[:, : args.crop, : args.crop]
     crop_mpx_years = crop.size / 1e6
-    floor_s = timed(lambda: stack.copy(), repeat=3)
+    floor_s = best_seconds(lambda: stack.copy(), 3)
     print(f"stack {stack.shape} = {mpx_years:.1f} Mpx-years ({stack.nbytes / 2**20:.0f} MiB); "
           f"per-pixel reference on {crop.shape}; numpy copy {mpx_years / floor_s:,.0f} Mpx-years/s")
     print(f"{'mode':9} {'stage':10} {'engine s':>9} {'Mpx-yr/s':>10} {'per-pixel':>10} {'speed-up':>9} {'copy/engine':>11}")
@@ -82,8 +73,8 @@ def main() -> None:
             "chain": (lambda: F.apply_chain(stack, params), lambda: ref.chain(crop_list, mode)),
         }
         for stage, (engine, per_pixel) in stages.items():
-            engine_s = timed(engine)
-            reference_s = timed(per_pixel)
+            engine_s = best_seconds(engine)
+            reference_s = best_seconds(per_pixel)
             engine_rate = mpx_years / engine_s
             reference_rate = crop_mpx_years / reference_s
             print(f"{mode:9} {stage:10} {engine_s:9.2f} {engine_rate:10.1f} {reference_rate:10.3f} "

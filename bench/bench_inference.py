@@ -24,16 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-
-def best_seconds(fn, repeats: int) -> float:
-    """Fastest of `repeats` timed calls, after one warm-up call (compilation, caches)."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+from bench.timing import best_seconds  # noqa: E402
 
 
 def record_wise(predict, patches, batch_size: int) -> dict[int, np.ndarray]:
@@ -59,7 +50,7 @@ def main(argv=None) -> int:
 
     from model import receptive_field, tiling
     from model.inference import class_disagreement, make_inference_fn
-    from tests.unet_support import generated_export, random_unet
+    from tests.support.unet import generated_export, random_unet
 
     model = random_unet(4, bands=6, filters=args.filters, seed=0)
     geometry, patches = generated_export(args.grid, args.grid, 256, 256, 6, seed=0)
@@ -83,7 +74,7 @@ def main(argv=None) -> int:
             window, inferred = geometry.record_side, len(patches) * geometry.record_side**2
             for name, fn in functions.items():
                 run = lambda fn=fn, name=name, outputs=outputs: outputs.__setitem__(name, record_wise(fn, patches, args.batch_size))
-                rates.append(core_px / best_seconds(run, args.repeats) / 1e6)
+                rates.append(core_px / best_seconds(run, args.repeats, warmup=True) / 1e6)
             stitched = {name: np.block([[out[r * args.grid + c] for c in range(args.grid)] for r in range(args.grid)])
                         for name, out in outputs.items()}
         else:
@@ -93,7 +84,7 @@ def main(argv=None) -> int:
             for name, fn in functions.items():
                 run = lambda fn=fn, name=name, stitched=stitched, plan=plan: stitched.__setitem__(
                     name, tiling.infer_mosaic(fn, mosaic, plan, args.batch_size))
-                rates.append(core_px / best_seconds(run, args.repeats) / 1e6)
+                rates.append(core_px / best_seconds(run, args.repeats, warmup=True) / 1e6)
         expected = np.block([[reference[r * args.grid + c] for c in range(args.grid)] for r in range(args.grid)])
         observed = mosaic.observed[128:-128, 128:-128]
         exact = np.array_equal(stitched["XLA f32"][observed], expected[observed])

@@ -177,8 +177,7 @@ def iter_records(path: str, compression: str | None = None) -> Iterator[bytes]:
         compression = detect_compression(path)
     dataset = tf.data.TFRecordDataset(path, compression_type=compression)
     try:
-        for record in dataset.as_numpy_iterator():
-            yield record
+        yield from dataset.as_numpy_iterator()
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
         raise UserError(f"{path}: not a readable TFRecord file ({error.message.splitlines()[0]})") from None
 

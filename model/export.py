@@ -36,7 +36,6 @@ NORMALIZATION_LAYER = "band_standardization"
 SIGNATURE = "serving_default"
 INPUT_NAME = "bands"
 OUTPUT_NAME = "probability"
-THRESHOLD_RULE = "mining where probability >= threshold"
 
 
 def _gfile():

@@ -150,7 +150,7 @@ class TrainResult:
 # Loss
 
 
-def make_loss(kind: str) -> "SegmentationLoss":
+def make_loss(kind: str) -> SegmentationLoss:
     """The training loss: 'bce', 'dice' or 'bce+dice', weighted by observed pixels."""
     weights = {"bce": (1.0, 0.0), "dice": (0.0, 1.0), "bce+dice": (1.0, 1.0)}[kind]
     return SegmentationLoss(bce_weight=weights[0], dice_weight=weights[1])

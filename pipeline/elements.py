@@ -49,7 +49,7 @@ class GridYearKey(NamedTuple):
     year: int
 
     @classmethod
-    def of(cls, element) -> "GridYearKey":
+    def of(cls, element) -> GridYearKey:
         """The (grid, year) of any element that has `grid` and `year` attributes."""
         return cls(str(element.grid), int(element.year))
 
@@ -75,7 +75,7 @@ class TileKey(NamedTuple):
     col: int
 
     @classmethod
-    def of(cls, element) -> "TileKey":
+    def of(cls, element) -> TileKey:
         """The tile of any element that has `grid`, `row` and `col` attributes."""
         return cls(str(element.grid), int(element.row), int(element.col))
 
@@ -211,7 +211,7 @@ class ExportGeometry:
             ys.append(d * col + e * row + f)
         return (min(xs), min(ys), max(xs), max(ys))
 
-    def with_kernel(self, kernel: int) -> "ExportGeometry":
+    def with_kernel(self, kernel: int) -> ExportGeometry:
         """The same geometry with the kernel buffer K (as read from the records)."""
         return replace(self, kernel=int(kernel))
 
@@ -236,7 +236,7 @@ class ExportPatch:
     observed: np.ndarray = field(repr=False)
 
     @property
-    def key(self) -> "PatchKey":
+    def key(self) -> PatchKey:
         """The patch's key in the pipeline."""
         return PatchKey(self.grid, self.year, self.index)
 
@@ -317,7 +317,7 @@ class ClassifiedPatch:
         return PatchKey(self.grid, self.year, self.index)
 
     @classmethod
-    def of(cls, patch: ExportPatch, classes: np.ndarray, probability: np.ndarray) -> "ClassifiedPatch":
+    def of(cls, patch: ExportPatch, classes: np.ndarray, probability: np.ndarray) -> ClassifiedPatch:
         """The classified patch at the same place as an export patch."""
         return cls(patch.grid, patch.year, patch.index, patch.row, patch.col, classes, probability)
 
@@ -385,7 +385,7 @@ class GridYearStatus:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "GridYearStatus":
+    def from_dict(cls, data: Mapping[str, Any]) -> GridYearStatus:
         """A status from its JSON object (unknown keys refused, so a schema change cannot pass silently)."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known

@@ -152,14 +152,6 @@ def unknown_message(unknown: Sequence[str], known: Iterable[str]) -> str:
             + ": every value follows the flag it belongs to")
 
 
-class StrictParser(argparse.ArgumentParser):
-    """An argparse parser whose errors raise `FlagError` (one line, exit 2 at the command) instead of exiting."""
-
-    def error(self, message: str):
-        """Raise instead of printing the usage and exiting: the command reports it as one line."""
-        raise FlagError(message)
-
-
 class SuggestingParser(argparse.ArgumentParser):
     """The parser of the `mining-mapper` commands: an unknown flag is reported with the closest valid one."""
 

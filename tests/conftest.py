@@ -16,9 +16,3 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path} is absent (it lives in ../shared/data beside the repo)")
     return path
-
-
-@pytest.fixture
-def lourenco_dir() -> Path:
-    """The MapBiomas Collection 6 annual series around Garimpo do Lourenço (1985–2020)."""
-    return shared_path("mapbiomas_c6_lourenco")

@@ -15,7 +15,7 @@ from pipeline.method import areas as areas_lib
 from pipeline.method.areas import PixelAreas, hectares, pixel_areas_m2
 from pipeline.io import rasters as annual_rasters
 from pipeline.products.stats import compute_statistics
-from tests.products_support import write_raster
+from tests.support.products import write_raster
 
 # A UTM grid whose east edge is ~480 km from the central meridian (where the scale varies fastest),
 # a south-polar-ish geographic grid, and an Albers grid like the SIGMINE data's.

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pipeline.method import filters as F
 from tests import c9_published_scripts as js
-from tests.filter_cases import edge_blob_stack
+from tests.support.filter_cases import WORKED, edge_blob_stack, series, text
 
 TO_JS = np.zeros(256, dtype=np.int64)
 TO_JS[[0, 1, 255]] = [0, js.MN, js.NO]
@@ -45,8 +45,6 @@ C9 = F.FilterParams(mode="c9-code")
 
 
 def test_the_transcription_gives_designs_worked_examples():
-    from tests.test_filters import WORKED, series, text
-
     for given_series, _, c9 in WORKED:
         _, temporal = js.gap_fill_temporal(to_js(series(given_series)))
         assert text(from_js(temporal)) == c9, given_series

@@ -350,7 +350,7 @@ def test_a_missing_model_stops_the_run_before_reading(tmp_path, monkeypatch, cap
 
 def test_a_local_run_prints_progress_and_a_table_and_nothing_else(tmp_path):
     """The whole command in a fresh process: no TensorFlow/absl/CUDA chatter, no Beam INFO, one line per grid-year."""
-    from tests.test_pipeline import stand_in_model, truth_stack, write_exports
+    from tests.support.synthetic_run import stand_in_model, truth_stack, write_exports
 
     write_exports(tmp_path / "exports", truth_stack(4))
     model = stand_in_model(str(tmp_path / "model.keras"))

@@ -11,7 +11,7 @@ import pytest
 from apache_beam.io.localfilesystem import LocalFileSystem
 
 from pipeline import failures
-from tests.products_support import run_cli, write_raster
+from tests.support.products import run_cli, write_raster
 
 
 @pytest.fixture

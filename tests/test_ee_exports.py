@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import unittest
 from unittest import mock
 
-import googleapiclient.errors
 import httplib2
 import pytest
 from ee import apitestcase
@@ -20,19 +18,11 @@ from pipeline.earthengine import auth, exports, storage
 from pipeline.earthengine.grid import C9_GRID
 from pipeline.earthengine.retry import Backoff
 from pipeline.errors import UserError
-from tests.test_ee_mosaic import calls, const, invocations
+from tests.support.earthengine import UUID, Recorder, calls, const, http_error, invocations
 
 PX = 30.0 / (6378137.0 * 2 * math.pi / 360)  # 30 m at the equator, in degrees
 OPTIONS = exports.ExportOptions("gs://bkt/exp/c9")
 NO_WAIT = Backoff(retries=3, base_delay=1.0, jitter=0.0)
-UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-def http_error(status: int, message: str = "server says no") -> googleapiclient.errors.HttpError:
-    """A googleapiclient HttpError as the Cloud API client raises it."""
-    response = httplib2.Response({"status": str(status), "reason": message})
-    content = json.dumps({"error": {"code": status, "message": message}}).encode()
-    return googleapiclient.errors.HttpError(response, content)
 
 
 class FakeBlob:
@@ -50,21 +40,6 @@ class FakeStorage:
     def list_blobs(self, bucket, prefix="", **_options):
         self.prefixes.append((bucket, prefix))
         return [FakeBlob(n) for n in self.names if n.startswith(prefix)]
-
-
-class Recorder:
-    """A fake clock whose sleep advances it, recording every sleep."""
-
-    def __init__(self):
-        self.now = 0.0
-        self.sleeps = []
-
-    def clock(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def expected_window(grid_id):

@@ -14,7 +14,7 @@ from pipeline import __version__
 from pipeline.cli import main
 from pipeline.earthengine import auth, ingest, retry
 from pipeline.errors import UserError
-from tests.test_ee_exports import Recorder, http_error
+from tests.support.earthengine import Recorder, http_error
 
 COLLECTION = "projects/my-project/assets/mining/c9"
 OPTIONS = ingest.IngestOptions(COLLECTION, model="unet-c9", threshold=0.5, filter_mode="appendix", version="0.1.0")
@@ -58,7 +58,7 @@ def test_http_status_is_found_behind_earth_engine_exceptions():
         try:
             raise http_error(503)
         except Exception:  # noqa: BLE001 - mimic ee.data._execute_cloud_call
-            raise ee.EEException("Service unavailable")
+            raise ee.EEException("Service unavailable")  # noqa: B904 - implicit chaining, as the client does
     except ee.EEException as error:
         assert retry.http_status(error) == 503
         assert retry.is_retryable(error)
@@ -165,7 +165,7 @@ class IngestRequestTest(apitestcase.ApiTestCase):
         self.assertIn("exists, skipped", lines[0])
         resource = mocked_resource(existing={"type": "IMAGE"})
         with apitestcase.UsingCloudApi(cloud_api_resource=resource):
-            outcomes = ingest.ingest([ingest.make_item(URI, OPTIONS)], OPTIONS, overwrite=True, report=lambda l: None)
+            outcomes = ingest.ingest([ingest.make_item(URI, OPTIONS)], OPTIONS, overwrite=True, report=lambda line: None)
         self.assertEqual(outcomes[0].status, "started")
         self.assertEqual(import_bodies(resource), [{"imageManifest": expected_manifest(URI, 1200, 2020), "overwrite": True}])
         get_calls = [c for c in resource.projects().assets().get.call_args_list if c.kwargs]
@@ -184,8 +184,9 @@ class IngestRequestTest(apitestcase.ApiTestCase):
             resource.projects().image().import_().execute.side_effect = effects
             time = Recorder()
             with apitestcase.UsingCloudApi(cloud_api_resource=resource):
-                run = lambda: ingest.ingest([ingest.make_item(URI, OPTIONS)], OPTIONS, backoff=NO_WAIT,
-                                            sleep=time.sleep, clock=time.clock, report=lambda l: None)
+                def run(time=time):
+                    return ingest.ingest([ingest.make_item(URI, OPTIONS)], OPTIONS, backoff=NO_WAIT,
+                                         sleep=time.sleep, clock=time.clock, report=lambda line: None)
                 if error:
                     with self.assertRaisesRegex(ee.EEException, error):
                         run()
@@ -202,7 +203,7 @@ class IngestRequestTest(apitestcase.ApiTestCase):
         time = Recorder()
         with apitestcase.UsingCloudApi(cloud_api_resource=resource):
             outcomes = ingest.ingest([ingest.make_item(URI, OPTIONS)], OPTIONS, backoff=NO_WAIT, sleep=time.sleep,
-                                     clock=time.clock, report=lambda l: None)
+                                     clock=time.clock, report=lambda line: None)
         self.assertEqual(outcomes[0].status, "started")
         self.assertEqual(time.sleeps, [1.0])
 

@@ -9,41 +9,7 @@ from ee import apitestcase
 
 import ee
 from pipeline.earthengine import mosaic
-
-
-def walk_tree(tree) -> list[tuple[str, dict]]:
-    """Every (functionName, arguments) inside an already-serialized Cloud API tree."""
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "functionInvocationValue" in node:
-                call = node["functionInvocationValue"]
-                # A call of a computed function (e.g. a parsed expression) has a functionReference instead of a name.
-                found.append((call.get("functionName", "(functionReference)"), call.get("arguments", {})))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(tree)
-    return found
-
-
-def invocations(obj) -> list[tuple[str, dict]]:
-    """Every (functionName, arguments) in the expanded Cloud API serialization of an ee object."""
-    return walk_tree(ee.serializer.encode(obj, is_compound=False, for_cloud_api=True))
-
-
-def const(argument):
-    """The constant of a serialized argument (None when it is not a constant)."""
-    return argument.get("constantValue") if isinstance(argument, dict) else None
-
-
-def calls(obj, name: str) -> list[dict]:
-    """The arguments of every invocation of `name`."""
-    return [args for fn, args in invocations(obj) if fn == name]
+from tests.support.earthengine import calls, const, invocations, walk_tree
 
 
 def unique_constants(obj, name: str, arg: str) -> set:

@@ -14,8 +14,7 @@ from pipeline.earthengine import auth, poststeps
 from pipeline.io import tables
 from pipeline.errors import UserError
 from tests.conftest import shared_path
-from tests.test_ee_exports import UUID, http_error
-from tests.test_ee_mosaic import calls, const, invocations
+from tests.support.earthengine import UUID, calls, const, http_error, invocations
 
 # DESIGN.md §5, written out again: class code -> rank
 DESIGN_RANKS = [(30, 1), (23, 2), (5, 3), (31, 4), (32, 5), (24, 6), (20, 7), (39, 8), (40, 9), (41, 10), (36, 11),

@@ -11,30 +11,9 @@ from hypothesis.extra import numpy as hnp
 
 from pipeline.method import filters as F
 from tests import reference_filters as ref
-from tests.filter_cases import edge_blob_stack
+from tests.support.filter_cases import WORKED, edge_blob_stack, series, text
 
 MODES = ("appendix", "c9-code")
-
-
-def series(text: str) -> np.ndarray:
-    """'01..1' → a (years, 1, 1) stack."""
-    return np.array([255 if ch == "." else int(ch) for ch in text], dtype=np.uint8)[:, None, None]
-
-
-def text(stack: np.ndarray) -> str:
-    return "".join("." if v == 255 else str(v) for v in stack[:, 0, 0])
-
-
-# DESIGN.md §3, "Worked examples": input, appendix after gap fill + temporal, c9-code after the same.
-WORKED = [
-    ("0000011111", "0000011111", "0000001111"),
-    ("001000", "000000", "000000"),
-    ("110111", "111111", "111111"),
-    ("0101010", "0000000", "0000100"),
-    ("01..10", "011110", "011111"),
-    ("0011.", "00111", "00011"),
-    ("..111", "11111", "11111"),
-]
 
 
 @pytest.mark.parametrize("given_series,appendix,c9", WORKED)

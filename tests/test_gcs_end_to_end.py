@@ -2,7 +2,7 @@
 
 An emulator process serves the Cloud Storage JSON API on a free localhost port; with `STORAGE_EMULATOR_HOST`
 set, google-cloud-storage (which Beam 2.77's `gs://` filesystem is built on, `apache_beam/io/gcp/gcsio.py`)
-sends every request there. The exports made by `tests.test_pipeline.write_exports` and the stand-in model are
+sends every request there. The exports made by `tests.support.synthetic_run.write_exports` and the stand-in model are
 uploaded to one bucket, the pipeline runs on the FnApiRunner with `gs://` paths only, and the COGs it writes
 to another bucket are downloaded and compared pixel by pixel with the filter engine run on the whole raster.
 
@@ -18,11 +18,6 @@ from __future__ import annotations
 import io
 import os
 import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -31,54 +26,19 @@ import rasterio
 from pipeline.errors import UserError
 from pipeline.method.filters import FilterParams
 from pipeline.run import run
-from tests.test_pipeline import YEARS, expected_cog, pipeline_args, stand_in_model, truth_stack, write_exports
+from tests.support.storage import emulator_process
+from tests.support.synthetic_run import YEARS, expected_cog, pipeline_args, stand_in_model, truth_stack, write_exports
 
 EXPORTS_BUCKET = "mm-exports"
 OUTPUT_BUCKET = "mm-results"
 MODEL_BUCKET = "mm-models"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:
-    """Poll the emulator's bucket list until it answers (or fail with its output if it died)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"gcp-storage-emulator exited with {process.returncode}: {process.stdout.read()}")
-        try:
-            with urllib.request.urlopen(f"{url}/storage/v1/b?project=test", timeout=2):
-                return
-        except (urllib.error.URLError, ConnectionError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"gcp-storage-emulator did not answer at {url} within {timeout:.0f} s")
-
-
 @pytest.fixture(scope="module")
 def emulator():
     """A `gcp-storage-emulator` subprocess (in-memory) on a free localhost port; yields its base URL."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
-         "--in-memory", "--quiet"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(url, process)
+    with emulator_process() as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from model import tiling
 from model.inference import class_disagreement, make_inference_fn, mixed_precision_model
 from pipeline.errors import UserError
-from tests.unet_support import generated_export, random_unet
+from tests.support.unet import generated_export, random_unet
 
 
 @pytest.fixture(scope="module")

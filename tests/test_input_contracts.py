@@ -15,7 +15,7 @@ from affine import Affine
 
 from pipeline.earthengine import ingest, mosaic
 from pipeline.errors import UserError
-from tests.products_support import run_cli, write_raster
+from tests.support.products import run_cli, write_raster
 
 COLLECTION = "projects/my-project/assets/mining/c9"
 URI = "gs://bkt/out/1200/2020/mining.tif"

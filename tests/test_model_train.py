@@ -163,7 +163,7 @@ def test_keras_serving_model_large_tiles_equal_the_handler(trained_run):
     """The trained serving.keras (preprocessing inside) by large tiles gives the handler's record-wise classes."""
     from model import tiling
     from model.export import KERAS_FILE
-    from tests.unet_support import generated_export
+    from tests.support.unet import generated_export
     from transforms.inference import PatchModelHandler, load_model
 
     _, run = trained_run
@@ -257,8 +257,10 @@ def test_evaluate_command_records_exact_metrics_in_the_card(trained_run, tmp_pat
         ref = y > 0
         obs = observed_mask(x)[..., None]
         assert np.array_equal(obs, w > 0)
-        tp += int((pred & ref & obs).sum()); fp += int((pred & ~ref & obs).sum())
-        fn += int((~pred & ref & obs).sum()); tn += int((~pred & ~ref & obs).sum())
+        tp += int((pred & ref & obs).sum())
+        fp += int((pred & ~ref & obs).sum())
+        fn += int((~pred & ref & obs).sum())
+        tn += int((~pred & ~ref & obs).sum())
     assert report["at_threshold"]["confusion_matrix"]["matrix"] == [[tn, fp], [fn, tp]]
     assert report["at_threshold"]["iou"] == pytest.approx(tp / (tp + fp + fn))
 

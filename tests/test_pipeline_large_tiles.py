@@ -52,7 +52,7 @@ def write_random_exports(root: Path, kernel: int, seed: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def unet_file(tmp_path_factory) -> str:
-    from tests.unet_support import random_unet
+    from tests.support.unet import random_unet
 
     path = tmp_path_factory.mktemp("model") / "unet.keras"
     random_unet(2, bands=len(BANDS), filters=4, seed=1).save(path)

@@ -11,7 +11,8 @@ import pytest
 from pipeline import preflight
 from pipeline.earthengine import auth
 from pipeline.errors import UserError
-from tests.products_support import run_cli, storage_emulator, write_raster
+from tests.support.products import run_cli, write_raster
+from tests.support.storage import storage_emulator
 
 BOUND_S = 30.0
 

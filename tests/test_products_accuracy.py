@@ -17,7 +17,7 @@ from pipeline.products.accuracy import (
     sample_size_for_overall_accuracy,
 )
 from tests.conftest import shared_path
-from tests.products_support import run_cli
+from tests.support.products import run_cli
 
 # --------------------------------------------------------------------------------------------------
 # Olofsson, Foody, Herold, Stehman, Woodcock & Wulder (2014), Remote Sensing of Environment 148:42–57,

@@ -19,7 +19,7 @@ from pipeline.errors import UserError
 from pipeline.products.classify_type import choose_code
 from pipeline.products.occurrences import read_occurrences
 from tests.conftest import shared_path
-from tests.products_support import read, run_cli, write_raster
+from tests.support.products import read, run_cli, write_raster
 
 LAYER = "sigmine_AP_2021_poly"
 

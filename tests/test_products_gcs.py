@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from affine import Affine
 
-from tests.products_support import run_cli, storage_emulator, write_raster
+from tests.support.products import run_cli, write_raster
+from tests.support.storage import storage_emulator
 
 BUCKET = "mm-products"
 
 
 @pytest.fixture(scope="module")
 def gcs():
-    pytest.importorskip("gcp_storage_emulator")
     with storage_emulator((BUCKET,)) as client:
         yield client
 

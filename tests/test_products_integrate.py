@@ -11,7 +11,7 @@ from affine import Affine
 from pipeline.io.tables import load_prevalence_table
 from pipeline.products.integrate import integrate_layers, rank_lookup
 from tests.conftest import shared_path
-from tests.products_support import read, run_cli, write_raster
+from tests.support.products import read, run_cli, write_raster
 
 YEARS = "2014-2020"
 

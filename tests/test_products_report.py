@@ -27,7 +27,7 @@ from pipeline.errors import UserError
 from pipeline.io.summary import RunSummary
 from pipeline.products.report import summary_records
 from tests.conftest import shared_path
-from tests.products_support import run_cli
+from tests.support.products import run_cli
 
 APT_COMMAND = "apt-get update && apt-get install -y chromium"
 CHART_RGB = (0xC0, 0x39, 0x2B)  # pipeline.products.report.TOTAL_COLOUR
@@ -241,7 +241,7 @@ def test_the_chromium_check_catches_errors_and_missing_charts(tmp_path):
 def test_quicklook_shows_the_probability_band(tmp_path):
     from pipeline.io import rasters as annual_rasters
     from pipeline.products.report import quicklook_png
-    from tests.products_support import write_raster
+    from tests.support.products import write_raster
 
     classes = np.zeros((50, 60), np.uint8)
     classes[10:20, 10:30] = 30
@@ -274,12 +274,12 @@ def test_quicklook_reduction_keeps_every_mine():
 # A pipeline-shaped run of two grids with its Earth Engine exports (no Beam: the COGs are written directly)
 # --------------------------------------------------------------------------------------------------
 def _pipeline_run(root):
-    """Exports of grids 1010 and 1011 (tests.test_pipeline's layout), their COGs for 2000, 2003 and 2007
+    """Exports of grids 1010 and 1011 (tests.support.synthetic_run's layout), their COGs for 2000, 2003 and 2007
     (1011 with twice the mining and a shifted footprint; 1010 without mining in 2000) and a summary.json."""
     from affine import Affine
 
     from pipeline.io.cog import classes_to_output, encode_cog
-    from tests.test_pipeline import RES, truth_stack, write_exports
+    from tests.support.synthetic_run import RES, truth_stack, write_exports
 
     stack = truth_stack()
     write_exports(root / "exports", stack, grids=("1010", "1011"))
@@ -333,7 +333,7 @@ def test_every_grid_gets_a_line_a_column_and_quicklooks_over_the_mosaic(grids_re
 def test_quicklook_composite_is_the_exports_mosaic(tmp_path):
     """The composite's red channel is SWIR1: bright on mining (200), dark elsewhere (50); masked pixels are not observed."""
     from pipeline.products.composite import read_composite
-    from tests.test_pipeline import COLS, PATCH, ROWS, truth_stack, write_exports
+    from tests.support.synthetic_run import COLS, PATCH, ROWS, truth_stack, write_exports
 
     stack = truth_stack()
     write_exports(tmp_path, stack)

@@ -16,7 +16,7 @@ from pipeline.errors import UserError
 from pipeline.io import rasters as annual_rasters
 from pipeline.products.stats import compute_statistics, owned_mask, Footprint
 from tests.conftest import shared_path
-from tests.products_support import run_cli, write_raster
+from tests.support.products import run_cli, write_raster
 
 GEOD = Geod(ellps="GRS80")
 

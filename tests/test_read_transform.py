@@ -21,7 +21,7 @@ from pipeline.elements import ExportPatch
 from pipeline.io.example import encode_example
 from pipeline.io.export_reader import read_export
 from tests.conftest import shared_path
-from tests.test_exports import PHEN_BANDS, SERVIR_BANDS, record_bytes, record_values, write_export
+from tests.support.exports import PHEN_BANDS, SERVIR_BANDS, record_bytes, record_values, write_export
 from transforms.read import ReadEarthEngineExports
 
 
@@ -199,15 +199,13 @@ def test_transform_validates_its_arguments():
 
 def test_gs_paths_through_the_storage_emulator(tmp_path):
     """The same sample written to and read from gs:// (gcp-storage-emulator) as from a local folder."""
-    support = pytest.importorskip("tests.products_support")
-    if not hasattr(support, "storage_emulator"):
-        pytest.skip("tests.products_support.storage_emulator is not available")
     from pipeline.demo.sample import SampleSpec, generate_sample
+    from tests.support.storage import storage_emulator
 
     spec = SampleSpec(grids=1, years=(2011, 2012), patch_size=32, kernel=16, training_grids=0)
     local = generate_sample(str(tmp_path / "local"), spec)
     bands = local.bands
-    with support.storage_emulator(buckets=("mm-sample",)) as client:
+    with storage_emulator(buckets=("mm-sample",)) as client:
         remote = generate_sample("gs://mm-sample/demo", spec)
         assert remote.manifest == local.manifest and remote.exports == "gs://mm-sample/demo/exports"
         bucket = client.bucket("mm-sample")

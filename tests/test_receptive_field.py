@@ -11,7 +11,7 @@ import pytest
 
 from model import receptive_field as rf
 from model.unet import build_unet
-from tests.unet_support import random_unet
+from tests.support.unet import random_unet
 
 
 @pytest.mark.parametrize("depth, margin, halo", [(1, 8, 8), (2, 22, 24), (3, 46, 48), (4, 94, 96)])

@@ -1,4 +1,4 @@
-"""The sample generator (pipeline/sample.py) and `mining-mapper sample`: format, georeference, content, determinism."""
+"""The sample generator (pipeline/demo/sample.py) and `mining-mapper sample`: format, georeference, content, determinism."""
 from __future__ import annotations
 
 import json
@@ -65,10 +65,34 @@ def test_c9_grid_ids_and_bounds():
         S.c9_grid_id(-20.0, 0.0)
 
 
-def test_c9_lattice_agrees_with_the_earth_engine_module():
-    grid_module = pytest.importorskip("pipeline.earthengine.grid")
-    for gid in (1, 52, 1137, 2021, 2601):
-        assert grid_module.C9_GRID.bounds(gid) == pytest.approx(S.c9_grid_bounds(gid))
+# DESIGN §1.3 worked by hand: id = col·51 + row + 1; west = −73.990450 + col·0.77832,
+# north = 5.271841 − row·0.77832; the cell is 0.8648° square.
+C9_BOUNDS_BY_HAND = {
+    1: (-73.990450, 5.271841 - 0.8648, -73.990450 + 0.8648, 5.271841),  # col 0, row 0
+    52: (-73.212130, 4.407041, -72.347330, 5.271841),  # 51 = 1·51 + 0: col 1, row 0
+    1137: (-56.867410, -6.489439, -56.002610, -5.624639),  # 1136 = 22·51 + 14: col 22, row 14
+    2021: (-43.635970, -19.720879, -42.771170, -18.856079),  # 2020 = 39·51 + 31: col 39, row 31
+    2601: (-73.990450 + 50 * 0.77832, 5.271841 - 50 * 0.77832 - 0.8648,
+           -73.990450 + 50 * 0.77832 + 0.8648, 5.271841 - 50 * 0.77832),  # col 50, row 50: the last cell
+}
+
+
+@pytest.mark.parametrize("gid", sorted(C9_BOUNDS_BY_HAND))
+def test_c9_grid_bounds_match_the_design_formula_worked_by_hand(gid):
+    from pipeline.earthengine.grid import C9_GRID
+
+    assert S.c9_grid_bounds(gid) == pytest.approx(C9_BOUNDS_BY_HAND[gid], abs=1e-9)
+    assert C9_GRID.bounds(gid) == pytest.approx(C9_BOUNDS_BY_HAND[gid], abs=1e-9)
+    west, south, east, north = C9_BOUNDS_BY_HAND[gid]
+    assert S.c9_grid_id(west + 0.01, north - 0.01) == gid
+
+
+def test_c9_grid_bounds_outside_the_lattice_is_a_user_error():
+    from pipeline.errors import UserError
+
+    for gid in (0, 2602):
+        with pytest.raises(UserError, match="outside"):
+            S.c9_grid_bounds(gid)
 
 
 def test_lourenco_site_is_in_the_cell_of_the_real_lourenco_rasters():

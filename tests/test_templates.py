@@ -299,7 +299,7 @@ def test_entry_point_submits_without_waiting(monkeypatch):
 
 def test_entry_point_runs_the_whole_pipeline_locally(tmp_path):
     """Through the entry point (flag included) a local run still completes and writes every COG."""
-    from tests.test_pipeline import YEARS, pipeline_args, stand_in_model, truth_stack, write_exports
+    from tests.support.synthetic_run import YEARS, pipeline_args, stand_in_model, truth_stack, write_exports
 
     write_exports(tmp_path / "exports", truth_stack(4))
     model = stand_in_model(str(tmp_path / "model.keras"))

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.method.filters import FilterParams, apply_chain, spatial_filter
-from tests.filter_cases import edge_blob_stack
+from tests.support.filter_cases import edge_blob_stack
 from pipeline.elements import ClassifiedPatch
 from pipeline.method.tiles import assemble_year, classify_patch, halo_strips, mining_rows_of_raster, pad_with_halo, spatial_frequency_tile, split_years, stack_tile_years, temporal_filter_tile
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from model import receptive_field, tiling
-from tests.unet_support import generated_export, random_unet
+from tests.support.unet import generated_export, random_unet
 
 THRESHOLD = 0.5
 

@@ -19,7 +19,7 @@ from transforms.filtering import FilterTiles
 from transforms.inference import ClassifyPatches
 from transforms.write import WriteGridYears, cog_path
 
-from tests.test_pipeline import BANDS, stand_in_model
+from tests.support.synthetic_run import BANDS, stand_in_model
 
 
 def make_pipeline():

@@ -87,7 +87,7 @@ class InferenceModel:
 
     predict: Callable[[np.ndarray], np.ndarray]
     network: Any = None
-    reference: "InferenceModel | None" = None
+    reference: InferenceModel | None = None
     """With --precision_check: the same network in float32, uncompiled, to count what 16 bits change."""
 
     def __call__(self, inputs, training: bool = False) -> np.ndarray:

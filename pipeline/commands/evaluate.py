@@ -25,8 +25,8 @@ def _thresholds(text: str) -> list[float]:
             values = [round(start + i * step, 10) for i in range(count)]
         else:
             values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give START:STOP:STEP or a comma list, e.g. 0.05:0.95:0.05")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: give START:STOP:STEP or a comma list, e.g. 0.05:0.95:0.05") from error
     if not values or any(not 0 <= v <= 1 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: thresholds must lie in [0, 1]")
     return values

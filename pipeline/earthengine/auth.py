@@ -122,11 +122,6 @@ def initialize_offline(project: str = "offline-dry-run") -> None:
         _initialized_with = "offline"
 
 
-def is_offline() -> bool:
-    """True when this process was initialised with `initialize_offline` (no requests can be sent)."""
-    return _initialized_with == "offline"
-
-
 def reset() -> None:
     """Forget the recorded initialisation (tests, or a deliberate switch of account)."""
     global _initialized_with

@@ -97,7 +97,7 @@ class PatchWindow:
         north = self.north - prow * step
         return (west, north - step, west + step, north)
 
-    def sub_window(self, prow0: int, pcol0: int, prow1: int, pcol1: int) -> "PatchWindow":
+    def sub_window(self, prow0: int, pcol0: int, prow1: int, pcol1: int) -> PatchWindow:
         """The window of patches rows prow0…prow1 and columns pcol0…pcol1 (inclusive) of this one."""
         return PatchWindow(
             self.pixel,

@@ -266,7 +266,7 @@ def ingest(
     for number, item in enumerate(items, 1):
         name = asset_id(options, item.grid, item.year)
         if not overwrite:
-            existing = call_with_backoff(lambda: get_asset(name), backoff, what=f"get {name}", sleep=sleep)
+            existing = call_with_backoff(lambda name=name: get_asset(name), backoff, what=f"get {name}", sleep=sleep)
             if existing is not None:
                 outcomes.append(IngestOutcome(item, name, "skipped-existing"))
                 report(f"[{number}/{len(items)}] {name}: exists, skipped (use --overwrite to replace)")
@@ -275,7 +275,7 @@ def ingest(
         request_id = ee.data.newTaskId()[0]
         limiter.wait()
         result = call_with_backoff(
-            lambda: ee.data.startIngestion(request_id, manifest, overwrite),
+            lambda request_id=request_id, manifest=manifest: ee.data.startIngestion(request_id, manifest, overwrite),
             backoff,
             what=f"ingest {name}",
             sleep=sleep,

@@ -74,7 +74,7 @@ def last_year(today: datetime.date | None = None) -> int:
 
     The running year's mosaic holds only the scenes acquired so far; later years hold no image at all.
     """
-    today = today or datetime.datetime.now(datetime.timezone.utc).date()
+    today = today or datetime.datetime.now(datetime.UTC).date()
     return today.year
 
 

@@ -272,7 +272,7 @@ def start_tasks(
     for number, item in enumerate(tasks, 1):
         if not overwrite:
             existing = call_with_backoff(
-                lambda: get_asset(item.asset), backoff, what=f"get {item.asset}", sleep=sleep
+                lambda item=item: get_asset(item.asset), backoff, what=f"get {item.asset}", sleep=sleep
             )
             if existing is not None:
                 outcomes.append(StartOutcome(item, "skipped-existing"))

@@ -286,7 +286,7 @@ class CogWriter:
             self._dataset.close()
         shutil.rmtree(self._folder, ignore_errors=True)
 
-    def __enter__(self) -> "CogWriter":
+    def __enter__(self) -> CogWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -297,11 +297,3 @@ def row_windows(height: int, width: int, rows: int = 512) -> list[Window]:
     """Full-width windows of at most `rows` rows covering a raster top to bottom."""
     rows = max(1, int(rows))
     return [Window(0, top, width, min(rows, height - top)) for top in range(0, height, rows)]
-
-
-def smallest_uint(max_value: int) -> str:
-    """The smallest unsigned integer dtype holding 0…max_value ('uint8', 'uint16' or 'uint32')."""
-    for name in ("uint8", "uint16", "uint32"):
-        if max_value <= np.iinfo(name).max:
-            return name
-    raise ValueError(f"{max_value} does not fit a 32-bit unsigned raster")

@@ -26,7 +26,7 @@ FORMAT = "mining-mapper.run-summary/1"
 
 def now_utc() -> str:
     """The current time as an ISO 8601 UTC timestamp (seconds)."""
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()
 
 
 @dataclasses.dataclass
@@ -80,7 +80,7 @@ class RunSummary:
         return json.dumps(self.as_dict(), indent=2).encode("utf-8")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "summary.json") -> "RunSummary":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "summary.json") -> RunSummary:
         """A summary from its JSON object; a UserError naming `source` when it is not this schema."""
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
@@ -104,7 +104,7 @@ class RunSummary:
             raise UserError(f"{source}: malformed run summary ({error})") from None
 
     @classmethod
-    def from_json(cls, raw: bytes, source: str = "summary.json") -> "RunSummary":
+    def from_json(cls, raw: bytes, source: str = "summary.json") -> RunSummary:
         """A summary from its bytes (see `from_dict`)."""
         try:
             data = json.loads(raw.decode("utf-8"))

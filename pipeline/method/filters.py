@@ -72,7 +72,7 @@ class FilterParams:
             raise ValueError(f"c9_backfill_from_index must be 0 or more, not {self.c9_backfill_from_index}")
 
     @classmethod
-    def from_arguments(cls, arguments, mode: str) -> "FilterParams":
+    def from_arguments(cls, arguments, mode: str) -> FilterParams:
         """Parameters from parsed arguments named like the fields (the filter command's and the
         pipeline options' share these names; only the mode's option differs). ValueError when invalid."""
         return cls(

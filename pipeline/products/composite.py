@@ -2,7 +2,7 @@
 
 The report draws the classes over the imagery the model saw. The run's summary records the exports root,
 so the composite is read from the same Earth Engine export the pipeline read, with the project's reader
-(`pipeline.exports.read_export`), patch by patch: each patch core is reduced by block means over its
+(`pipeline.io.export_reader.read_export`), patch by patch: each patch core is reduced by block means over its
 observed pixels as it arrives, so a whole grid (thousands of pixels a side) never sits in memory at full
 resolution. Mining shows bright in SWIR1 (red on screen), vegetation in NIR (green), water dark.
 """

@@ -106,7 +106,7 @@ class Occurrences:
     total: int
     unused: Counter
 
-    def to_crs(self, crs: CRS) -> "Occurrences":
+    def to_crs(self, crs: CRS) -> Occurrences:
         """The same features reprojected (geometries only)."""
         import geopandas as gpd
 

@@ -448,7 +448,7 @@ def render_report(
     `per_grid` (grid → year → ha, from `per_grid_series`) adds one line per grid to the area chart and one
     column per grid to its table; `quicklook_note` says which grid-years the quicklooks show and why.
     """
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

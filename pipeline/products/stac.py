@@ -114,8 +114,8 @@ def item_for(ref: annual_rasters.RasterRef, href: str) -> pystac.Item:
         "type": "Polygon",
         "coordinates": [[[west, south], [east, south], [east, north], [west, north], [west, south]]],
     }
-    start = dt.datetime(ref.year, 1, 1, tzinfo=dt.timezone.utc)
-    end = dt.datetime(ref.year, 12, 31, 23, 59, 59, tzinfo=dt.timezone.utc)
+    start = dt.datetime(ref.year, 1, 1, tzinfo=dt.UTC)
+    end = dt.datetime(ref.year, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
     properties: dict[str, object] = {"mining_mapper:year": ref.year, "mining_mapper:product": product}
     if ref.grid:
         properties["mining_mapper:grid"] = typed(ref.grid)

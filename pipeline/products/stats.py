@@ -57,7 +57,7 @@ class Footprint:
         """(lon, lat) of the footprint's centre."""
         return (self.west + self.east) / 2.0, (self.south + self.north) / 2.0
 
-    def intersects(self, other: "Footprint") -> bool:
+    def intersects(self, other: Footprint) -> bool:
         """Whether two footprints share area (touching edges do not count)."""
         return self.west < other.east and other.west < self.east and self.south < other.north and other.south < self.north
 

@@ -30,3 +30,25 @@ def edge_blob_stack(rng: np.random.Generator, years: int, rows: int, cols: int, 
         if rng.random() < 0.5:
             block[...] = 1
     return stack
+
+
+def series(text: str) -> np.ndarray:
+    """'01..1' → a (years, 1, 1) stack."""
+    return np.array([255 if ch == "." else int(ch) for ch in text], dtype=np.uint8)[:, None, None]
+
+
+def text(stack: np.ndarray) -> str:
+    """(years, 1, 1) stack → '01..1' (the inverse of `series`)."""
+    return "".join("." if v == 255 else str(v) for v in stack[:, 0, 0])
+
+
+# DESIGN.md §3, "Worked examples": input, appendix after gap fill + temporal, c9-code after the same.
+WORKED = [
+    ("0000011111", "0000011111", "0000001111"),
+    ("001000", "000000", "000000"),
+    ("110111", "111111", "111111"),
+    ("0101010", "0000000", "0000100"),
+    ("01..10", "011110", "011111"),
+    ("0011.", "00111", "00011"),
+    ("..111", "11111", "11111"),
+]
