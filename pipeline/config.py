@@ -40,6 +40,8 @@ class RunConfig:
     probability_band: bool
     origin_band: bool
     require_gpu: bool
+    reuse_raw: str | None = None
+    """Raw results to re-use (a folder of `{grid}/{grid}_{year}.tif`), or None: infer every grid-year."""
 
     def route_for(self, grid: str) -> ModelRoute:
         """The model that classifies a grid: its state model, else the national one."""
