@@ -205,3 +205,38 @@ def test_summary_counts_inferred_and_reused_and_still_reads_format_1():
     assert RunSummary.from_dict(old).inference_counts == {"inferred": 0, "reused": 0}
     with pytest.raises(UserError, match="not a mining-mapper run summary"):
         RunSummary.from_dict({**record, "format": "mining-mapper.run-summary/9"})
+
+
+# --- The option and the file identity ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, "OUT/raw"), ("", "OUT/raw"), ("off", None), ("OFF", None), ("none", None),
+    ("gs://b/c9-2023/raw/", "gs://b/c9-2023/raw"), ("/data/raw", "/data/raw"),
+])
+def test_reuse_raw_defaults_to_the_outputs_raw_folder_and_can_be_turned_off(value, expected, tmp_path):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.options import build_config
+
+    argv = ["--exports", "gs://b/e", "--output", str(tmp_path / "out"), "--model", "gs://b/m", "--grids", "1", "--years", "2000"]
+    if value is not None:
+        argv += ["--reuse_raw", value]
+    config = build_config(PipelineOptions(argv))
+    assert config.reuse_raw == (expected.replace("OUT", str(tmp_path / "out")) if expected else None)
+
+
+def test_match_identity_gives_size_and_modification_time(tmp_path):
+    from pipeline.io.filesystem import match_identity
+    from pipeline.io.raw import export_identity
+
+    folder = tmp_path / "1010" / "2000"
+    folder.mkdir(parents=True)
+    (folder / "a-mixer.json").write_bytes(b"{}")
+    (folder / "a-00000.tfrecord.gz").write_bytes(b"12345")
+    os.utime(folder / "a-00000.tfrecord.gz", (1_700_000_000, 1_700_000_000))
+    found = match_identity(str(folder / "*"))
+    assert [(os.path.basename(p), size) for p, size, _ in found] == [("a-00000.tfrecord.gz", 5), ("a-mixer.json", 2)]
+    assert found[0][2] == 1_700_000_000
+    assert export_identity(str(tmp_path), "1010", 2000)[0] == ("a-00000.tfrecord.gz", 5, 1_700_000_000.0)
+    assert export_identity(str(tmp_path), "1010", 2001) == []
