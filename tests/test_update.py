@@ -2,7 +2,7 @@
 outputs of an update equal to those of a run from scratch, byte for byte.
 
 Runs the whole pipeline on the FnApiRunner over the generated exports and stand-in model of
-tests/test_pipeline.py (2 × 3 patches of 16 pixels, 2000–2007); the handler's `patches_inferred` and
+tests/test_pipeline.py (2 × 3 patches of 16 pixels; 1985–2023 for the update, 2000–2007 elsewhere); the handler's `patches_inferred` and
 `patches_not_observed` counters say how many patches reached inference.
 """
 from __future__ import annotations
@@ -61,27 +61,34 @@ def exports(tmp_path):
 BANDS = ("--probability_band", "true", "--origin_band", "true")
 
 
-def test_update_infers_only_the_new_year_and_equals_a_fresh_run(tmp_path, exports, model):
-    first = run(pipeline_args(exports, tmp_path / "out", model, "--years", "2000-2006", *BANDS))
-    assert inferred(first) == 7 * PATCHES_PER_YEAR and first["inference"] == {"inferred": 7, "reused": 0}
-    update = run(pipeline_args(exports, tmp_path / "out", model, "--years", "2000-2007", *BANDS))
-    assert inferred(update) == PATCHES_PER_YEAR  # exactly 2007's patches
-    assert update["metrics"]["patches_read"] == PATCHES_PER_YEAR and update["metrics"]["patches_reused"] == 7 * PATCHES_PER_YEAR
-    assert update["inference"] == {"inferred": 1, "reused": 7} and update["format"] == "mining-mapper.run-summary/2"
+def test_update_infers_only_the_new_year_and_equals_a_fresh_run(tmp_path, model, monkeypatch):
+    """Collection 9's span: 1985–2022, then the update to 1985–2023 against 1985–2023 from scratch."""
+    import tests.test_pipeline as generated
+
+    c9_years = list(range(1985, 2024))
+    monkeypatch.setattr(generated, "YEARS", c9_years)  # the generated exports and truth span 1985–2023
+    exports = tmp_path / "exports"
+    generated.write_exports(exports, generated.truth_stack(7))
+    first = run(pipeline_args(exports, tmp_path / "out", model, "--years", "1985-2022", *BANDS))
+    assert inferred(first) == 38 * PATCHES_PER_YEAR and first["inference"] == {"inferred": 38, "reused": 0}
+    update = run(pipeline_args(exports, tmp_path / "out", model, "--years", "1985-2023", *BANDS))
+    assert inferred(update) == PATCHES_PER_YEAR  # exactly 2023's patches
+    assert update["metrics"]["patches_read"] == PATCHES_PER_YEAR and update["metrics"]["patches_reused"] == 38 * PATCHES_PER_YEAR
+    assert update["inference"] == {"inferred": 1, "reused": 38} and update["format"] == "mining-mapper.run-summary/2"
     years = by_year(update)
-    assert years[2007]["inference"] == "inferred" and "no raw result" in years[2007]["inference_reason"]
-    assert all(years[y]["inference"] == "reused" and years[y]["fingerprint"].startswith("sha256:") for y in YEARS[:-1])
-    fresh = run(pipeline_args(exports, tmp_path / "fresh", model, "--years", "2000-2007", "--reuse_raw", "off", *BANDS))
-    assert inferred(fresh) == len(YEARS) * PATCHES_PER_YEAR and fresh["inference"] == {"inferred": 8, "reused": 0}
+    assert years[2023]["inference"] == "inferred" and "no raw result" in years[2023]["inference_reason"]
+    assert all(years[y]["inference"] == "reused" and years[y]["fingerprint"].startswith("sha256:") for y in c9_years[:-1])
+    fresh = run(pipeline_args(exports, tmp_path / "fresh", model, "--years", "1985-2023", "--reuse_raw", "off", *BANDS))
+    assert inferred(fresh) == 39 * PATCHES_PER_YEAR and fresh["inference"] == {"inferred": 39, "reused": 0}
     assert by_year(fresh)[2003]["inference_reason"] == "re-use turned off"
     updated, scratch = tifs(tmp_path / "out"), tifs(tmp_path / "fresh")
-    assert len(scratch) == 2 * len(YEARS) and set(updated) == set(scratch)
+    assert len(scratch) == 2 * 39 and set(updated) == set(scratch)  # classification COGs and raw results
     assert all(updated[name] == scratch[name] for name in scratch), [n for n in scratch if updated[n] != scratch[n]]
     assert {y: e["fingerprint"] for y, e in years.items()} == {y: e["fingerprint"] for y, e in by_year(fresh).items()}
 
     # A threshold change infers nothing and equals a fresh run at that threshold.
     again = run(pipeline_args(exports, tmp_path / "out", model, "--threshold", "0.3", *BANDS))
-    assert inferred(again) == 0 and again["inference"] == {"inferred": 0, "reused": 8}
+    assert inferred(again) == 0 and again["inference"] == {"inferred": 0, "reused": 39}
     fresh03 = run(pipeline_args(exports, tmp_path / "fresh03", model, "--threshold", "0.3", "--reuse_raw", "off", *BANDS))
     assert tifs(tmp_path / "out") == tifs(tmp_path / "fresh03")
 
