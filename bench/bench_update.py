@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_gpu import COLLECTION_PATCHES  # noqa: E402
+from bench.bench_gpu import COLLECTION_PATCHES
 
 C9_YEARS = 39
 

@@ -19,9 +19,23 @@ from pipeline.elements import ExportGeometry, GridYearStatus
 from pipeline.errors import UserError
 from pipeline.io.raw import RawMismatch, decode_raw, encode_raw, raw_path
 from pipeline.io.summary import RunSummary
-from pipeline.method.tiles import classes_at_threshold, classify_patch, patches_of_probability, probability_cutoff, quantise_probability
+from pipeline.method.tiles import (
+    classes_at_threshold,
+    classify_patch,
+    patches_of_probability,
+    probability_cutoff,
+    quantise_probability,
+)
 from pipeline.run import run
-from tests.test_pipeline import COLS, ROWS, YEARS, pipeline_args, stand_in_model, truth_stack, write_exports
+from tests.test_pipeline import (
+    COLS,
+    ROWS,
+    YEARS,
+    pipeline_args,
+    stand_in_model,
+    truth_stack,
+    write_exports,
+)
 
 PATCHES_PER_YEAR = ROWS * COLS
 
@@ -39,7 +53,8 @@ def tifs(folder) -> dict[str, bytes]:
         for name in names:
             if name.endswith(".tif"):
                 path = os.path.join(root, name)
-                found[os.path.relpath(path, folder)] = open(path, "rb").read()
+                with open(path, "rb") as handle:
+                    found[os.path.relpath(path, folder)] = handle.read()
     return found
 
 
@@ -90,6 +105,7 @@ def test_update_infers_only_the_new_year_and_equals_a_fresh_run(tmp_path, model,
     again = run(pipeline_args(exports, tmp_path / "out", model, "--threshold", "0.3", *BANDS))
     assert inferred(again) == 0 and again["inference"] == {"inferred": 0, "reused": 39}
     fresh03 = run(pipeline_args(exports, tmp_path / "fresh03", model, "--threshold", "0.3", "--reuse_raw", "off", *BANDS))
+    assert inferred(fresh03) == 39 * PATCHES_PER_YEAR
     assert tifs(tmp_path / "out") == tifs(tmp_path / "fresh03")
 
 
@@ -120,7 +136,8 @@ def test_truncated_or_foreign_raw_results_are_re_inferred_and_the_summary_says_w
     out = tmp_path / "out"
     run(pipeline_args(exports, out, model))
     truncated = raw_path(str(out / "raw"), "1010", 2004)
-    good = open(truncated, "rb").read()
+    with open(truncated, "rb") as handle:
+        good = handle.read()
     with open(truncated, "wb") as handle:
         handle.write(good[: len(good) // 2])
     shutil.copy(out / "1010" / "1010_2005.tif", raw_path(str(out / "raw"), "1010", 2005))  # a classification COG
@@ -130,7 +147,8 @@ def test_truncated_or_foreign_raw_results_are_re_inferred_and_the_summary_says_w
     assert years[2004]["inference"] == "inferred" and truncated in years[2004]["inference_reason"]
     assert "truncated" in years[2004]["inference_reason"]
     assert years[2005]["inference"] == "inferred" and "not a raw result" in years[2005]["inference_reason"]
-    assert open(truncated, "rb").read() == good  # written again, whole
+    with open(truncated, "rb") as handle:
+        assert handle.read() == good  # written again, whole
 
 
 def test_reuse_from_another_folder_copies_the_raw_results_into_the_output(tmp_path, exports, model):

@@ -20,9 +20,25 @@ from apache_beam import pvalue, typehints
 from apache_beam.metrics import Metrics
 
 from pipeline.config import RunConfig
-from pipeline.elements import ClassifiedPatch, ExportGeometry, GridYearKey, PatchKey, RawDecision
+from pipeline.elements import (
+    ClassifiedPatch,
+    ExportGeometry,
+    GridYearKey,
+    PatchKey,
+    RawDecision,
+)
 from pipeline.io.filesystem import exists, read_bytes, write_atomically
-from pipeline.io.raw import RawMismatch, assemble_raw, decode_raw, encode_raw, export_identity, fingerprint, model_digest, raw_path, raw_root
+from pipeline.io.raw import (
+    RawMismatch,
+    assemble_raw,
+    decode_raw,
+    encode_raw,
+    export_identity,
+    fingerprint,
+    model_digest,
+    raw_path,
+    raw_root,
+)
 from pipeline.method.tiles import patches_of_probability
 from transforms.metrics import NAMESPACE
 
@@ -159,7 +175,7 @@ class WriteRawResults(beam.PTransform):
 
 
 def _annotate(element):
-    (grid, year), parts = element
+    _, parts = element
     decisions = list(parts["decision"])
     for status in parts["status"]:
         if decisions and status.status == "written":
