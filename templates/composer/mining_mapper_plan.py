@@ -148,6 +148,9 @@ def flex_template_body(config: Mapping[str, Any], exports: str, output: str, gri
     }
     if config["model_routing"]:
         parameters["model_routing"] = config["model_routing"]
+    # The yearly update: re-use the previous collection's raw inference results (its output's raw/ folder),
+    # so that only the new year is inferred; the run keeps copies under its own output for the next year.
+    parameters["reuse_raw"] = f"{output.rsplit('/', 1)[0]}/{last_year - 1}/raw"
     parameters.update({name: str(value) for name, value in config["pipeline_parameters"].items()})
     experiments = list(config["experiments"])
     if gpu:
