@@ -265,3 +265,35 @@ def test_match_identity_gives_size_and_modification_time(tmp_path):
     assert found[0][2] == 1_700_000_000
     assert export_identity(str(tmp_path), "1010", 2000)[0] == ("a-00000.tfrecord.gz", 5, 1_700_000_000.0)
     assert export_identity(str(tmp_path), "1010", 2001) == []
+
+
+def test_fingerprint_covers_model_preset_export_and_precision_and_nothing_else():
+    """Each input of the fingerprint changes it; threshold and filter parameters are not among its inputs."""
+    import inspect
+
+    from pipeline.io.raw import fingerprint
+
+    base = dict(model="m1", band_preset="appendix", bands=("swir1", "nir"), nodata=(-9999.0,),
+                identity=[("a-mixer.json", 2, 1.0), ("a-00000.tfrecord.gz", 5, 1.0)], precision="float32")
+    reference = fingerprint(**base)
+    assert reference == fingerprint(**base) and reference.startswith("sha256:") and len(reference) == 7 + 64
+    changes = {"model": "m2", "band_preset": "c9-code", "bands": ("swir1", "red"), "nodata": (0.0,),
+               "identity": [("a-mixer.json", 2, 1.0), ("a-00000.tfrecord.gz", 5, 2.0)], "precision": "bfloat16"}
+    for name, value in changes.items():
+        assert fingerprint(**{**base, name: value}) != reference, name
+    assert set(inspect.signature(fingerprint).parameters) == set(base)
+
+
+def test_model_digest_covers_every_file_of_a_model_folder(tmp_path):
+    """A serving model folder: weights and the tf.Transform preprocessing both count, by name and content."""
+    from pipeline.io.raw import model_digest
+
+    folder = tmp_path / "national"
+    (folder / "transform_fn").mkdir(parents=True)
+    (folder / "serving.keras").write_bytes(b"weights")
+    (folder / "transform_fn" / "stats.json").write_text('{"mean": 1}')
+    first = model_digest(str(folder))
+    assert model_digest(str(folder)) == first
+    (folder / "transform_fn" / "stats.json").write_text('{"mean": 2}')
+    assert model_digest(str(folder)) != first
+    assert model_digest(str(folder / "serving.keras")) != model_digest(str(folder))
