@@ -273,8 +273,8 @@ def test_fingerprint_covers_model_preset_export_and_precision_and_nothing_else()
 
     from pipeline.io.raw import fingerprint
 
-    base = dict(model="m1", band_preset="appendix", bands=("swir1", "nir"), nodata=(-9999.0,),
-                identity=[("a-mixer.json", 2, 1.0), ("a-00000.tfrecord.gz", 5, 1.0)], precision="float32")
+    base = {"model": "m1", "band_preset": "appendix", "bands": ("swir1", "nir"), "nodata": (-9999.0,),
+                "identity": [("a-mixer.json", 2, 1.0), ("a-00000.tfrecord.gz", 5, 1.0)], "precision": "float32"}
     reference = fingerprint(**base)
     assert reference == fingerprint(**base) and reference.startswith("sha256:") and len(reference) == 7 + 64
     changes = {"model": "m2", "band_preset": "c9-code", "bands": ("swir1", "red"), "nodata": (0.0,),
