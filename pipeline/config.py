@@ -40,6 +40,8 @@ class RunConfig:
     probability_band: bool
     origin_band: bool
     require_gpu: bool
+    reuse_raw: str | None = None
+    """Raw results to re-use (a folder of `{grid}/{grid}_{year}.tif`), or None: infer every grid-year."""
     inference_tile: int | None = 0
     """0: record-wise; N: large tiles of N px core; None: a whole grid-year at once."""
     inference_precision: str = "float32"

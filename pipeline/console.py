@@ -137,13 +137,17 @@ def verbosity_of(verbose: bool, quiet: bool) -> int:
 
 
 def run_table(summary: Mapping) -> str:
-    """The short table `run` ends with: written / skipped / failed, mining hectares of the first and the
-    last year (after every filter, summed over the grids written), and where the outputs are."""
+    """The short table `run` ends with: written / skipped / failed, inferred / reused (when the summary says),
+    mining hectares of the first and the last year (after every filter, summed over the grids written), and
+    where the outputs are."""
     counts = summary.get("counts", {})
     entries = summary.get("grid_years", [])
     total = len(entries)
     years = [entry["year"] for entry in entries]
     rows = [(status, f"{counts.get(status, 0)}/{total}") for status in ("written", "skipped", "failed")]
+    inference = summary.get("inference") or {}
+    if any(inference.values()):  # the yearly update: how the written grid-years got their probabilities
+        rows += [("inferred", f"{inference.get('inferred', 0)}/{total}"), ("reused", f"{inference.get('reused', 0)}/{total} (raw results)")]
     if years:
         for year in sorted({min(years), max(years)}):
             written = [e for e in entries if e["year"] == year and e.get("status") == "written"]
@@ -153,6 +157,8 @@ def run_table(summary: Mapping) -> str:
     output = local_or_remote(summary.get("output", ""))
     rows.append(("COGs", f"{output}/{{grid}}/{{grid}}_{{year}}.tif"))
     rows.append(("summary", f"{output}/summary.json"))
+    if any(inference.values()):
+        rows.append(("raw results", f"{output}/raw/{{grid}}/{{grid}}_{{year}}.tif"))
     if summary.get("dead_letters"):
         rows.append(("dead letters", f"{summary['dead_letters']} in {output}/dead_letter.jsonl"))
     width = max(len(label) for label, _ in rows)

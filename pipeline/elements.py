@@ -7,6 +7,9 @@
       ├─► (GridYearKey, ExportGeometry)    the export's mixer geometry and kernel
       ├─► (GridYearKey, MissingExport)     no export folder or mixer
       └─► (GridYearKey, DeadLetter)        a record, shard or mixer that could not be read, and why
+      │ DecideRawReuse (transforms/raw.py), before reading: a grid-year with a matching raw result
+      │   becomes its (PatchKey, ClassifiedPatch) and (GridYearKey, ExportGeometry) directly; every
+      │   grid-year gets a (GridYearKey, RawDecision); the others are read and classified
       │ ClassifyPatches (transforms/inference.py)
       └─► (PatchKey, ClassifiedPatch)      classes 0 / 1 / 255 and probability × 255 of the core
       │ TemporalFilterTiles (transforms/filtering.py): grouped by TileKey across years
@@ -323,6 +326,18 @@ class ClassifiedPatch:
 
 
 @dataclass(frozen=True)
+class RawDecision:
+    """Where a (grid, year)'s probabilities come from in this run: `reused` from its raw result (the file's
+    fingerprint matched) or `inferred` (and `reason`, why no raw result was re-used), with the fingerprint."""
+
+    grid: str
+    year: int
+    source: Literal["inferred", "reused"]
+    fingerprint: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
 class TileSeries:
     """One tile across the run's years, after some stages of the filter chain."""
 
@@ -370,7 +385,10 @@ STATUSES: tuple[str, ...] = ("written", "skipped", "failed")
 
 @dataclass(frozen=True)
 class GridYearStatus:
-    """What became of one (grid, year): written (with its output and areas), skipped or failed (with why)."""
+    """What became of one (grid, year): written (with its output and areas), skipped or failed (with why).
+
+    A written one also says whether its probabilities were `inferred` or `reused` from a raw result, the
+    raw result's fingerprint, and why an available raw result was not re-used (`inference_reason`)."""
 
     grid: str
     year: int
@@ -379,6 +397,9 @@ class GridYearStatus:
     path: str | None = None
     mining_pixels: dict[str, int] | None = None
     mining_ha: dict[str, float] | None = None
+    inference: Literal["inferred", "reused"] | None = None
+    fingerprint: str | None = None
+    inference_reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

@@ -59,6 +59,9 @@ class MiningMapperOptions(PipelineOptions):
         parser.add_argument("--probability_band", action=SwitchAction, help="add the probability (p × 255) as a band of each COG")
         parser.add_argument("--origin_band", action=SwitchAction, help="add the gap-fill origin year (year − 1900) as a band of each COG")
         parser.add_argument("--require_gpu", action=SwitchAction, help="fail at start-up when no GPU is visible to TensorFlow")
+        parser.add_argument("--reuse_raw", default="", help="raw inference results to re-use (a folder of {grid}/{grid}_{year}.tif written by an earlier run): "
+                            "grid-years whose result has the same fingerprint (model, band preset, export, inference precision) are neither "
+                            "read nor inferred. Default: the output's own raw folder, {output}/raw; 'off' infers every grid-year")
 
 
 def parse_inference_tile(text: str, problems: list[str]) -> int | None:
@@ -185,7 +188,18 @@ def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | No
         probability_band=view.probability_band == "true",
         origin_band=view.origin_band == "true",
         require_gpu=view.require_gpu == "true",
+        reuse_raw=_reuse_raw(view.reuse_raw, view.output.rstrip("/")),
     )
+
+
+def _reuse_raw(value: str, output: str) -> str | None:
+    """The raw folder to re-use: the given one, the output's own by default, None when turned off."""
+    from pipeline.io.raw import NO_REUSE, raw_root
+
+    value = (value or "").strip()
+    if value.lower() in NO_REUSE:
+        return None
+    return value.rstrip("/") if value else raw_root(output)
 
 
 def option_names() -> Sequence[str]:

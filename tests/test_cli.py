@@ -365,9 +365,10 @@ def test_a_local_run_prints_progress_and_a_table_and_nothing_else(tmp_path):
     assert [re.sub(r", \d+ s\)", ", T s)", line) for line in err[1:]] == [
         "written 1/3 (0/1, T s)  1010 2000", "written 2/3 (0/1, T s)  1010 2001", "written 3/3 (1/1, T s)  1010 2002"]
     out = result.stdout.splitlines()
-    assert out[:3] == ["written      3/3", "skipped      0/3", "failed       0/3"]
-    assert out[3].startswith("mining 2000  ") and out[4].startswith("mining 2002  ")
-    assert out[5:] == [f"COGs         {tmp_path}/out/{{grid}}/{{grid}}_{{year}}.tif", f"summary      {tmp_path}/out/summary.json"]
+    assert out[:5] == ["written      3/3", "skipped      0/3", "failed       0/3", "inferred     3/3", "reused       0/3 (raw results)"]
+    assert out[5].startswith("mining 2000  ") and out[6].startswith("mining 2002  ")
+    assert out[7:] == [f"COGs         {tmp_path}/out/{{grid}}/{{grid}}_{{year}}.tif", f"summary      {tmp_path}/out/summary.json",
+                       f"raw results  {tmp_path}/out/raw/{{grid}}/{{grid}}_{{year}}.tif"]
 
 
 def test_run_prints_its_table_unless_quiet(monkeypatch, capsys):

@@ -79,7 +79,7 @@ def test_real_series_areas_csv_uses_true_pixel_areas(lourenco_run):
     assert before[0] > nominal
     summary = json.loads((out / "summary.json").read_text())
     assert all(v["status"] == "written" for v in summary["grid_years"]) and len(summary["grid_years"]) == 36
-    assert summary["format"] == "mining-mapper.run-summary/1" and summary["command"] == "filter"
+    assert summary["format"] == "mining-mapper.run-summary/2" and summary["command"] == "filter"
     assert all(v["path"].startswith("file:///") for v in summary["grid_years"])
 
 

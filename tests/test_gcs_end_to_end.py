@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -122,7 +123,7 @@ def test_pipeline_reads_and_writes_gs_paths(gcs, tmp_path, mode):
 
     bucket = gcs.bucket(OUTPUT_BUCKET)
     names = sorted(blob.name for blob in gcs.list_blobs(OUTPUT_BUCKET, prefix=f"{mode}/cogs/"))
-    expected_names = sorted([f"{mode}/cogs/1010/1010_{y}.tif" for y in YEARS]
+    expected_names = sorted([f"{mode}/cogs/1010/1010_{y}.tif" for y in YEARS] + [f"{mode}/cogs/raw/1010/1010_{y}.tif" for y in YEARS]
                             + [f"{mode}/cogs/summary.json", f"{mode}/cogs/dead_letter.jsonl"])
     assert names == expected_names  # no partial/temporary object left behind
     expected = expected_cog(stack, FilterParams(mode=mode))
@@ -133,6 +134,20 @@ def test_pipeline_reads_and_writes_gs_paths(gcs, tmp_path, mode):
             assert cog.tags()["year"] == str(year) and cog.tags()["filter_mode"] == mode
             assert cog.crs.to_epsg() == 4326
         assert (classes == expected[t]).all(), f"{mode} {year}: {np.argwhere(classes != expected[t])[:5]}"
+
+    # The yearly update on gs://: a re-run re-uses every raw result, except the year whose export object
+    # was uploaded again (a new generation), and writes the same COGs.
+    first = {year: bucket.blob(f"{mode}/cogs/1010/1010_{year}.tif").download_as_bytes() for year in YEARS}
+    touched = f"{mode}/exports/1010/{YEARS[2]}/mining_1010_{YEARS[2]}-00001.tfrecord.gz"
+    time.sleep(1.1)  # the object's update time has a resolution of a second or finer
+    gcs.bucket(EXPORTS_BUCKET).blob(touched).upload_from_filename(str(tmp_path / "exports" / touched.split("/exports/", 1)[1]))
+    again = run(pipeline_args(f"gs://{EXPORTS_BUCKET}/{mode}/exports", output,
+                             f"gs://{MODEL_BUCKET}/{mode}/stand_in.keras", "--filter_mode", mode))
+    assert again["inference"] == {"inferred": 1, "reused": len(YEARS) - 1}
+    assert again["metrics"]["patches_read"] == again["metrics"]["patches_inferred"] + again["metrics"].get("patches_not_observed", 0) == 6
+    status = {entry["year"]: entry for entry in again["grid_years"]}
+    assert status[YEARS[2]]["inference"] == "inferred" and "fingerprint differs" in status[YEARS[2]]["inference_reason"]
+    assert {year: bucket.blob(f"{mode}/cogs/1010/1010_{year}.tif").download_as_bytes() for year in YEARS} == first
 
 
 def test_check_gpu_raises_a_clear_error_without_a_gpu():

@@ -278,7 +278,9 @@ def _pipeline_run(root):
     (1011 with twice the mining and a shifted footprint; 1010 without mining in 2000) and a summary.json."""
     from affine import Affine
 
+    from pipeline.elements import ExportGeometry
     from pipeline.io.cog import classes_to_output, encode_cog
+    from pipeline.io.raw import encode_raw, raw_path
     from tests.support.synthetic_run import RES, truth_stack, write_exports
 
     stack = truth_stack()
@@ -297,9 +299,19 @@ def _pipeline_run(root):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(encode_cog([classes_to_output(classes), probability], "EPSG:4326", transform,
                                         {"grid": grid, "year": year}, ["mining_classification", "probability_x255"]))
+            # As the pipeline does: the raw inference result under run/raw, re-used in 2000, inferred otherwise.
+            fingerprint = "sha256:" + f"{grid}{year}".ljust(64, "0")
+            geometry = ExportGeometry(grid, year, "EPSG:4326", tuple(transform)[:6], 16, 3, 6, 4)
+            raw = raw_path(str(root / "run" / "raw"), grid, year)
+            os.makedirs(os.path.dirname(raw), exist_ok=True)
+            with open(raw, "wb") as handle:
+                handle.write(encode_raw(geometry, probability, fingerprint))
+            reused = year == 2000
             entries.append(GridYearStatus(grid, year, "written", path=str(path),
                                           mining_pixels={"input": 1, "gap_fill": 1, "temporal": 1, "spatial": 1, "frequency": 1},
-                                          mining_ha={"input": 1.0, "gap_fill": 1.0, "temporal": 1.0, "spatial": 1.0, "frequency": 1.0}))
+                                          mining_ha={"input": 1.0, "gap_fill": 1.0, "temporal": 1.0, "spatial": 1.0, "frequency": 1.0},
+                                          inference="reused" if reused else "inferred", fingerprint=fingerprint,
+                                          inference_reason=None if reused else f"no raw result at {raw}"))
     summary = RunSummary(command="run", output=str(root / "run"), started="t0", finished="t1", grid_years=entries,
                          parameters={"exports": str(root / "exports"), "band_preset": "appendix"})
     (root / "run" / "summary.json").write_bytes(summary.to_json())
@@ -415,3 +427,14 @@ def test_multi_grid_page_in_chromium_shows_grid_lines_and_the_legend(grids_repor
     _, quicklooks, _ = open_in_chromium((root / "report" / "report.html").resolve().as_uri(), scroll_to="quicklooks")
     mining_rgb = tuple(round(255 * v) for v in LEGEND["mining"][1][:3])
     assert _chart_pixels(quicklooks, mining_rgb) > 200  # mining drawn (and its legend swatch) in the legend's colour
+
+
+def test_report_shows_inferred_and_reused_and_leaves_raw_results_out(grids_report):
+    """A pipeline run keeps raw inference results under {output}/raw: the report counts how each grid-year's
+    probabilities were obtained and does not mistake a raw result for a classification COG."""
+    root, page = grids_report
+    assert len(list((root / "run" / "raw").rglob("*.tif"))) == 6
+    assert re.search(r'id="inference-totals">Inference: <b>4</b> grid-year\(s\) inferred, <b>2</b> re-used', page)
+    assert "<th>inference</th>" in page and "<th>raw result fingerprint</th>" in page and "<th>why inferred</th>" in page
+    assert "<td>reused</td>" in page and "<td>sha256:101020030000…</td>" in page
+    assert page.count(">1010_2000.tif<") == 2  # the summary table and the outputs list: the raw result is not a product

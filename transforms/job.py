@@ -1,4 +1,8 @@
-"""The whole mining job as one composite PTransform: read → classify → filter → write → summary.
+"""The whole mining job as one composite PTransform: re-use or read → classify → filter → write → summary.
+
+Grid-years whose raw result (`{output}/raw`, or `--reuse_raw`) still matches are not read nor inferred
+(transforms/raw.py); the others are, and their raw results are written. The filters and the writer see
+the same (PatchKey, ClassifiedPatch) elements either way.
 
 `pipeline/run.py` only launches it (options → config → pipeline → wait → summary); a notebook user can
 apply `MiningMapperJob` to a pipeline of their own.
@@ -18,6 +22,7 @@ from pipeline.io.summary import RunSummary, account, now_utc
 from transforms.filtering import FilterTiles
 from transforms.inference import ClassifyPatches
 from transforms.progress import LogProgress
+from transforms.raw import DECISIONS, REUSED_GEOMETRY, REUSED_PATCHES, TO_READ, AnnotateInference, DecideRawReuse, WriteRawResults, model_digests
 from transforms.read import DEAD_LETTER, GEOMETRY, MISSING, PATCHES, ReadEarthEngineExports
 from transforms.write import TILES, WriteGridYears
 
@@ -53,6 +58,7 @@ def run_parameters(config: RunConfig) -> dict:
         "precision_check": config.precision_check,
         "probability_band": config.probability_band,
         "origin_band": config.origin_band,
+        "reuse_raw": absolute_uri(config.reuse_raw) if config.reuse_raw else None,
     }
 
 
@@ -96,11 +102,21 @@ class MiningMapperJob(beam.PTransform):
         # No reshuffle after reading: a run has thousands of (grid, year) elements, which already spread
         # the fused read → inference stage over the workers; a reshuffle would move every float32 record
         # (up to 512 × 512 × 6 × 4 bytes each) through the shuffle instead of the 256 × 256 uint8 classes.
-        read = pbegin | "Read exports" >> ReadEarthEngineExports(
+        # The yearly update: grid-years whose raw result still matches are neither read nor inferred.
+        decided = pbegin | "Reuse raw results" >> DecideRawReuse(config=config, digests=model_digests(config))
+        read = decided[TO_READ] | "Read exports" >> ReadEarthEngineExports(
             config.exports, config.grid_years(), config.bands, config.export_nodata, reshuffle=False,
             per_export=config.large_tiles,
         )
-        classified = read[PATCHES] | "Classify" >> ClassifyPatches(config=config)
+        inferred = read[PATCHES] | "Classify" >> ClassifyPatches(config=config)
+        _ = {
+            "patches": inferred,
+            "geometry": read[GEOMETRY],
+            "dead_letter": read[DEAD_LETTER],
+            "decision": decided[DECISIONS],
+        } | "Write raw results" >> WriteRawResults(output=config.output)
+        classified = (inferred, decided[REUSED_PATCHES]) | "With reused patches" >> beam.Flatten()
+        geometry = (read[GEOMETRY], decided[REUSED_GEOMETRY]) | "With reused geometry" >> beam.Flatten()
         tiles = classified | "Filter" >> FilterTiles(
             years=config.years,
             params=config.filter_params,
@@ -108,9 +124,9 @@ class MiningMapperJob(beam.PTransform):
             keep_probability=config.probability_band,
             keep_origin=config.origin_band,
         )
-        statuses = {
+        written = {
             TILES: tiles,
-            GEOMETRY: read[GEOMETRY],
+            GEOMETRY: geometry,
             MISSING: read[MISSING],
             DEAD_LETTER: read[DEAD_LETTER],
         } | "Write" >> WriteGridYears(
@@ -120,6 +136,7 @@ class MiningMapperJob(beam.PTransform):
             with_probability=config.probability_band,
             with_origin=config.origin_band,
         )
+        statuses = {"status": written, "decision": decided[DECISIONS]} | "Inferred or reused" >> AnnotateInference()
         _ = statuses | "Progress" >> LogProgress(config.grid_years())
         dead_letters = read[DEAD_LETTER] | "Dead letters" >> beam.Values()
         (

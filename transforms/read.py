@@ -131,11 +131,17 @@ class ReadEarthEngineExports(beam.PTransform):
         self._reshuffle = reshuffle
         self._per_export = per_export
 
-    def expand(self, pbegin: pvalue.PBegin) -> dict[str, beam.PCollection]:
-        """(grid, year) elements → one read per export → the four outputs (patches reshuffled if asked)."""
+    def expand(self, pbegin: pvalue.PBegin | beam.PCollection) -> dict[str, beam.PCollection]:
+        """(grid, year) elements → one read per export → the four outputs (patches reshuffled if asked).
+
+        Applied to a pipeline, it reads the `grid_years` given; applied to a PCollection of GridYearKey
+        (the grid-years left to infer, transforms/raw.py), it reads those.
+        """
+        keys = pbegin
+        if isinstance(pbegin, pvalue.PBegin):
+            keys = pbegin | "GridYears" >> beam.Create([GridYearKey(grid, year) for grid, year in self._grid_years])
         outputs = (
-            pbegin
-            | "GridYears" >> beam.Create([GridYearKey(grid, year) for grid, year in self._grid_years])
+            keys
             | "ReadExports"
             >> beam.ParDo(
                 _ReadExportFn(self._root, self._bands, self._nodata, self._kernel, self._fill, self._per_export)

@@ -109,6 +109,20 @@ def match(pattern: str) -> list[tuple[str, int]]:
     return sorted((m.path, m.size_in_bytes) for r in results for m in r.metadata_list)
 
 
+def match_identity(pattern: str) -> list[tuple[str, int, float]]:
+    """(path, size, last modified in seconds) of every file matching a Beam pattern, sorted by path.
+
+    What identifies a file's content without reading it: Beam's match metadata `last_updated_in_seconds`
+    is the mtime locally and the object's update time on Cloud Storage (a new generation changes it).
+    Raw inference results are fingerprinted with it (pipeline/io/raw.py).
+    """
+    try:
+        results = _filesystems().match([str(pattern)])
+    except Exception as error:  # noqa: BLE001 - Beam raises BeamIOError with per-pattern causes
+        raise UserError(f"{pattern}: cannot list ({error})") from None
+    return sorted((m.path, m.size_in_bytes, float(m.last_updated_in_seconds)) for r in results for m in r.metadata_list)
+
+
 def list_sizes(folder: str) -> dict[str, int]:
     """name -> size of the files directly in `folder` (empty when it is absent)."""
     found = {}

@@ -282,8 +282,14 @@ def describe_raster(path: str) -> RasterRef:
 
 
 def discover(inputs: Sequence[str], years: Iterable[int] | None = None) -> list[RasterRef]:
-    """Every annual raster among the inputs, sorted by (grid, year); refuses two rasters for one grid-year."""
-    refs = [describe_raster(p) for p in list_rasters(inputs)]
+    """Every annual raster among the inputs, sorted by (grid, year); refuses two rasters for one grid-year.
+
+    The pipeline's raw inference results (`{output}/raw`, tagged `raw_format`) are not products: they are
+    left out, so a run's output folder holds one raster per grid-year for the report, stats and the rest.
+    """
+    from pipeline.io.raw import FORMAT_TAG
+
+    refs = [ref for ref in (describe_raster(p) for p in list_rasters(inputs)) if FORMAT_TAG not in ref.tags]
     if years is not None:
         wanted = set(years)
         refs = [r for r in refs if r.year in wanted]

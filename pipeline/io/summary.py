@@ -19,8 +19,11 @@ from pipeline import __version__
 from pipeline.elements import GridYearStatus
 from pipeline.errors import UserError
 
-FORMAT = "mining-mapper.run-summary/1"
-"""The schema's name and version; a reader refuses any other."""
+FORMAT = "mining-mapper.run-summary/2"
+"""The schema's name and version. Version 2 added, per written grid-year, `inference` (inferred or reused),
+`fingerprint` and `inference_reason`, and the totals `inference`; version 1 files are still read."""
+READABLE_FORMATS = ("mining-mapper.run-summary/1", FORMAT)
+"""The versions a reader accepts; it refuses any other."""
 
 
 
@@ -56,6 +59,15 @@ class RunSummary:
             counts[entry.status] = counts.get(entry.status, 0) + 1
         return counts
 
+    @property
+    def inference_counts(self) -> dict[str, int]:
+        """How many grid-years had their probabilities inferred and how many re-used a raw result."""
+        counts = {"inferred": 0, "reused": 0}
+        for entry in self.grid_years:
+            if entry.inference:
+                counts[entry.inference] += 1
+        return counts
+
     def as_dict(self) -> dict[str, Any]:
         """The JSON object: the header fields, the counts, then one entry per grid-year."""
         return {
@@ -69,6 +81,7 @@ class RunSummary:
             "parameters": self.parameters,
             "inputs": dict(self.inputs),
             "counts": self.counts,
+            "inference": self.inference_counts,
             "dead_letters": self.dead_letters,
             "metrics": dict(self.metrics),
             **({"precision_check": self.precision_check} if self.precision_check is not None else {}),
@@ -82,9 +95,9 @@ class RunSummary:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "summary.json") -> RunSummary:
         """A summary from its JSON object; a UserError naming `source` when it is not this schema."""
-        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+        if not isinstance(data, Mapping) or data.get("format") not in READABLE_FORMATS:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-            raise UserError(f"{source}: not a mining-mapper run summary of format {FORMAT} (found {found!r})")
+            raise UserError(f"{source}: not a mining-mapper run summary of format {' or '.join(READABLE_FORMATS)} (found {found!r})")
         try:
             return cls(
                 command=str(data["command"]),
@@ -99,6 +112,7 @@ class RunSummary:
                 metrics=dict(data.get("metrics", {})),
                 inputs=dict(data.get("inputs", {})),
                 precision_check=data.get("precision_check"),
+                format=str(data["format"]),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"{source}: malformed run summary ({error})") from None

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from pipeline.contract import MINING, NOT_OBSERVED, PROBABILITY_MAX, crop_buffer, origin_year_lookup
-from pipeline.elements import ClassifiedPatch, GridYearKey, HaloStrip, TileSeries, YearTile
+from pipeline.elements import ClassifiedPatch, ExportGeometry, GridYearKey, HaloStrip, TileSeries, YearTile
 from pipeline.method.filters import (
     FilterParams,
     apply_temporal_chain,
@@ -22,20 +22,58 @@ from pipeline.method.filters import (
 )
 
 
+def probability_cutoff(threshold: float) -> int:
+    """The smallest stored probability (p × 255, uint8) that is mining at `threshold`: ceil(255 × threshold).
+
+    Classes are computed from the stored uint8 probability, never from the model's float, so that a run that
+    re-uses a raw result (`{output}/raw`, which keeps only the uint8) classifies every pixel exactly as the run
+    that inferred it. At the default 0.5 this is the float rule itself: 255 × 0.5 = 127.5, and
+    rint(255 p) ≥ 128 ⟺ 255 p ≥ 127.5 ⟺ p ≥ 0.5. At other thresholds the two rules can differ only for p
+    within 1/510 of the threshold (tests/test_update.py shows both).
+    """
+    return int(np.ceil(round(255.0 * float(threshold), 9)))
+
+
+def classes_at_threshold(probability: np.ndarray, threshold: float) -> np.ndarray:
+    """Classes 0 / 1 / 255 from a stored probability (uint8 p × 255, 255 not observed) at a threshold."""
+    probability = np.asarray(probability)
+    classes = np.where(probability >= probability_cutoff(threshold), MINING, 0).astype(np.uint8)
+    classes[probability == NOT_OBSERVED] = NOT_OBSERVED
+    return classes
+
+
+def quantise_probability(probability: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Model probabilities → uint8 p × 255 rounded, capped at 254, 255 where not observed (DESIGN.md §2)."""
+    scaled = np.clip(np.rint(np.asarray(probability, dtype=np.float32) * 255.0), 0, PROBABILITY_MAX).astype(np.uint8)
+    scaled[~observed] = NOT_OBSERVED
+    return scaled
+
+
 def classify_patch(probability: np.ndarray, observed: np.ndarray, kernel: int, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Model probabilities (side, side) → (classes 0/1/255, probability uint8) of the unbuffered patch.
 
-    The kernel buffer is cropped first; a pixel is mining at or above the threshold; pixels that
-    were not observed stay 255 in both outputs, whatever the model said there.
+    The kernel buffer is cropped first; the probability is stored as p × 255 (capped at 254, so that 255
+    keeps meaning "not observed"), and a pixel is mining where that stored value is at or above the
+    threshold (`classes_at_threshold`: the same rule a re-used raw result is classified with); pixels
+    that were not observed stay 255 in both outputs, whatever the model said there.
     """
     probability = crop_buffer(np.asarray(probability, dtype=np.float32).reshape(observed.shape), kernel)
     observed = crop_buffer(observed, kernel)
-    classes = np.where(probability >= threshold, MINING, 0).astype(np.uint8)
-    classes[~observed] = NOT_OBSERVED
-    # DESIGN.md §2: p × 255, capped at 254 so that 255 keeps meaning "not observed".
-    scaled = np.clip(np.rint(probability * 255.0), 0, PROBABILITY_MAX).astype(np.uint8)
-    scaled[~observed] = NOT_OBSERVED
-    return classes, scaled
+    scaled = quantise_probability(probability, observed)
+    return classes_at_threshold(scaled, threshold), scaled
+
+
+def patches_of_probability(geometry: ExportGeometry, probability: np.ndarray, threshold: float) -> list[ClassifiedPatch]:
+    """The classified patches of a grid-year's stored probability raster (uint8 p × 255, 255 not observed),
+    classes at `threshold`: the same elements inference emits, so a re-used raw result flows through the
+    filters and the writer unchanged."""
+    size = geometry.patch_size
+    patches = []
+    for index in range(geometry.total_patches):
+        row, col = geometry.patch_position(index)
+        scaled = np.array(probability[row * size:(row + 1) * size, col * size:(col + 1) * size], dtype=np.uint8)
+        patches.append(ClassifiedPatch(geometry.grid, geometry.year, index, row, col, classes_at_threshold(scaled, threshold), scaled))
+    return patches
 
 
 def not_observed_patch(side: int) -> tuple[np.ndarray, np.ndarray]:

@@ -360,7 +360,14 @@ def meaningful_percent(comparison: Mapping) -> float | None:
 
 
 STAGE_NAMES = {"input": "classified", "gap_fill": "gap fill", "temporal": "temporal", "spatial": "spatial", "frequency": "frequency"}
-COLUMN_NAMES = {"path": "COG", "output": "COG", "reason": "why", "status": "status", "grid": "grid", "year": "year"}
+COLUMN_NAMES = {"path": "COG", "output": "COG", "reason": "why", "status": "status", "grid": "grid", "year": "year",
+                "inference": "inference", "fingerprint": "raw result fingerprint", "inference_reason": "why inferred"}
+
+
+def short_fingerprint(fingerprint: str) -> str:
+    """A raw result's fingerprint as a table shows it: the hash's first 12 hex digits (enough to tell runs apart)."""
+    kind, _, digest = str(fingerprint).partition(":")
+    return f"{kind}:{digest[:12]}…" if digest else str(fingerprint)
 
 
 def readable_column(name: str) -> str:
@@ -488,7 +495,13 @@ def render_report(
     records = summary_records(contents.summary) if contents.summary is not None else []
     if records:
         columns = list(dict.fromkeys(k for r in records for k in r))
-        shown = [[fs.basename(str(r[c])) if c in ("path", "output") and r.get(c) else r.get(c) for c in columns] for r in records]
+        shown = [[fs.basename(str(r[c])) if c in ("path", "output") and r.get(c) else
+                  short_fingerprint(r[c]) if c == "fingerprint" and r.get(c) else r.get(c) for c in columns] for r in records]
+        inference = contents.summary.inference_counts
+        if any(inference.values()):
+            parts.append(f'<p id="inference-totals">Inference: <b>{inference["inferred"]}</b> grid-year(s) inferred, '
+                         f'<b>{inference["reused"]}</b> re-used from their raw results (same fingerprint: model, band preset, '
+                         "export, inference precision).</p>")
         parts.append(_table([readable_column(c) for c in columns], shown))
     elif contents.summary is None:
         parts.append("<p>No summary.json in the run folder.</p>")

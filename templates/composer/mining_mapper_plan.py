@@ -58,7 +58,7 @@ TEMPLATE_PARAMETERS = (
     "exports", "output", "grids", "years", "model", "model_routing", "band_preset", "threshold", "filter_mode",
     "min_component_size", "spatial_window", "backfill_limit", "frequency_cut", "c9_backfill_from_index",
     "spatial_filter", "min_batch_size", "max_batch_size", "inference_tile", "inference_precision", "precision_check",
-    "inference_memory_gb", "export_nodata", "probability_band", "origin_band", "require_gpu",
+    "inference_memory_gb", "export_nodata", "probability_band", "origin_band", "require_gpu", "reuse_raw",
 )
 BEAM_PARAMETERS = ("sdk_container_image",)
 
@@ -148,6 +148,9 @@ def flex_template_body(config: Mapping[str, Any], exports: str, output: str, gri
     }
     if config["model_routing"]:
         parameters["model_routing"] = config["model_routing"]
+    # The yearly update: re-use the previous collection's raw inference results (its output's raw/ folder),
+    # so that only the new year is inferred; the run keeps copies under its own output for the next year.
+    parameters["reuse_raw"] = f"{output.rsplit('/', 1)[0]}/{last_year - 1}/raw"
     parameters.update({name: str(value) for name, value in config["pipeline_parameters"].items()})
     experiments = list(config["experiments"])
     if gpu:
