@@ -15,6 +15,7 @@ from pipeline.elements import DeadLetter
 from pipeline.io.filesystem import absolute_uri, publish_atomically
 from pipeline.elements import GridYearStatus
 from pipeline.io.summary import RunSummary, account, now_utc
+from transforms.consistency import RefuseContradictingExports, drop_refused
 from transforms.filtering import FilterTiles
 from transforms.inference import ClassifyPatches
 from transforms.progress import LogProgress
@@ -95,7 +96,10 @@ class MiningMapperJob(beam.PTransform):
         read = pbegin | "Read exports" >> ReadEarthEngineExports(
             config.exports, config.grid_years(), config.bands, config.export_nodata, reshuffle=False
         )
+        contradictions = read[GEOMETRY] | "Check geometries" >> RefuseContradictingExports(exports_root=config.exports)
         classified = read[PATCHES] | "Classify" >> ClassifyPatches(config=config)
+        classified = drop_refused(classified, contradictions)
+        dead_letter = (read[DEAD_LETTER], contradictions) | "All dead letters" >> beam.Flatten()
         tiles = classified | "Filter" >> FilterTiles(
             years=config.years,
             params=config.filter_params,
@@ -107,7 +111,7 @@ class MiningMapperJob(beam.PTransform):
             TILES: tiles,
             GEOMETRY: read[GEOMETRY],
             MISSING: read[MISSING],
-            DEAD_LETTER: read[DEAD_LETTER],
+            DEAD_LETTER: dead_letter,
         } | "Write" >> WriteGridYears(
             output=config.output,
             years=config.years,
@@ -116,7 +120,7 @@ class MiningMapperJob(beam.PTransform):
             with_origin=config.origin_band,
         )
         _ = statuses | "Progress" >> LogProgress(config.grid_years())
-        dead_letters = read[DEAD_LETTER] | "Dead letters" >> beam.Values()
+        dead_letters = dead_letter | "Dead letters" >> beam.Values()
         (
             statuses
             | "Collect statuses" >> beam.combiners.ToList()
