@@ -40,6 +40,7 @@ class RunConfig:
     probability_band: bool
     origin_band: bool
     require_gpu: bool
+    overwrite: bool = False
 
     def route_for(self, grid: str) -> ModelRoute:
         """The model that classifies a grid: its state model, else the national one."""

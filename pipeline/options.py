@@ -43,6 +43,9 @@ class MiningMapperOptions(PipelineOptions):
         parser.add_argument("--export_nodata", default="-9999", help="comma list of values that mark masked pixels in the exports (besides NaN and a 0 in the first band)")
         parser.add_argument("--probability_band", action=SwitchAction, help="add the probability (p × 255) as a band of each COG")
         parser.add_argument("--origin_band", action=SwitchAction, help="add the gap-fill origin year (year − 1900) as a band of each COG")
+        parser.add_argument("--overwrite", action=SwitchAction, help="replace the outputs of an earlier run in --output: once this run's set is "
+                            "published, every COG, CSV and dead-letter file its summary does not list is removed (without it, a folder "
+                            "holding another run's outputs is refused)")
         parser.add_argument("--require_gpu", action=SwitchAction, help="fail at start-up when no GPU is visible to TensorFlow")
 
 
@@ -150,6 +153,7 @@ def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | No
         probability_band=view.probability_band == "true",
         origin_band=view.origin_band == "true",
         require_gpu=view.require_gpu == "true",
+        overwrite=view.overwrite == "true",
     )
 
 

@@ -20,6 +20,7 @@ from pipeline.console import QUIET, configure_logging, import_tensorflow_quietly
 from pipeline.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE, UserError
 from pipeline.flags import HelpFormatter, check_run_argv
 from pipeline.io.filesystem import local_or_remote, publish_atomically, read_bytes
+from pipeline.io.run_folder import claim_output, release_lock
 from pipeline.io.summary import RunSummary, command_line, now_utc
 from pipeline.modelcheck import check_models
 from pipeline.options import MiningMapperOptions, build_config, discover_grid_years
@@ -45,6 +46,15 @@ def run(argv: Sequence[str] | None = None) -> dict:
     config = build_config(options)
     check_something_to_do(config)
     check_models(config.routes)
+    lock = claim_output(config.output, "run", config.overwrite)
+    try:
+        return _run_pipeline(options, arguments, argv, config, runner_name=standard.runner, local=local)
+    finally:  # a submitted job is not waited for: the lock guards the launch, the refusal holds for both
+        release_lock(lock)
+
+
+def _run_pipeline(options, arguments, argv, config, *, runner_name, local: bool) -> dict:
+    """Build and run the job (waiting for it on a local runner); the summary as a dict, or where it will be."""
     runner = None
     if local:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -52,7 +62,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         runner = FnApiRunner()
     else:
         options.view_as(SetupOptions).save_main_session = False
-    logging.getLogger(__name__).info("running %d grid(s) × %d year(s) on %s", len(config.grids), len(config.years), standard.runner or "FnApiRunner")
+    logging.getLogger(__name__).info("running %d grid(s) × %d year(s) on %s", len(config.grids), len(config.years), runner_name or "FnApiRunner")
     started = now_utc()
     recorded = command_line() if argv is None else ["mining-mapper", "run", *arguments]
     with beam.Pipeline(runner=runner, options=options) as pipeline:

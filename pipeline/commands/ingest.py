@@ -33,7 +33,11 @@ def configure(parser) -> None:
 
 
 def cog_uris(args) -> list[str]:
-    """The COG URIs named by --cogs, --cogs-list or --cogs-prefix (listing the bucket for the last)."""
+    """The COG URIs named by --cogs, --cogs-list or --cogs-prefix (listing the bucket for the last).
+
+    A prefix that is a run's output folder (it holds a summary.json with a manifest) gives the COGs the
+    manifest lists, so no COG of an earlier run lying there is ingested.
+    """
     from pathlib import Path
 
     from pipeline.earthengine import storage
@@ -50,6 +54,13 @@ def cog_uris(args) -> list[str]:
         uris = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
         if not uris:
             raise UserError(f"{path}: no COG URI in the file")
+        return uris
+    from pipeline.io.rasters import manifest_rasters
+
+    uris = manifest_rasters(args.cogs_prefix)
+    if uris is not None:
+        if not uris:
+            raise UserError(f"{args.cogs_prefix}: the run's summary.json lists no COG")
         return uris
     uris = storage.list_uris(storage.default_client(args.project), args.cogs_prefix)
     if not uris:
