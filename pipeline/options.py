@@ -126,11 +126,11 @@ def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | No
     if not grids or not years:
         discovered = discover_grid_years(view.exports) if discovered is None else discovered
         if not discovered and (not grids or not years):
-            raise UserError(f"{view.exports}: no exports found ({{grid}}/{{year}}/*mixer.json); give --grids and --years or check the path")
+            raise UserError(f"nothing to do: {view.exports}: no exports found ({{grid}}/{{year}}/*mixer.json); give --grids and --years or check the path")
         grids = grids or list(discovered)
         found = sorted({y for g in grids for y in discovered.get(g, [])})
         if not years and not found:
-            raise UserError(f"{view.exports}: no year found for grids {', '.join(grids)}")
+            raise UserError(f"nothing to do: {view.exports}: no year found for grids {', '.join(grids)}")
         # The span of the years found: a year missing in the middle is reported as skipped, not dropped.
         years = years or list(range(found[0], found[-1] + 1))
     span = list(range(min(years), max(years) + 1))

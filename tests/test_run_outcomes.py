@@ -1,0 +1,101 @@
+"""`mining-mapper run` outcomes (issue 16): exit statuses, bad data as dead letters naming the wrong file, one
+run per output folder, and the multi-process runner giving the same bytes as the default one."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from pipeline.io.example import encode_example
+from pipeline.io.tfrecord import frame_record, read_shard
+from pipeline.run import main
+from tests.test_pipeline import BANDS, YEARS, pipeline_args, stand_in_model, truth_stack, write_exports
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return stand_in_model(str(tmp_path_factory.mktemp("model") / "stand_in.keras"))
+
+
+def files_of(folder) -> dict[str, bytes]:
+    """Every file under a folder (relative path → bytes)."""
+    found = {}
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, folder)] = open(path, "rb").read()
+    return found
+
+
+def reshard_with_a_wrong_first_shard(folder):
+    """Rewrite an export as three shards of two records each, the first holding 24x24 records (not 20x20)."""
+    shards = sorted(folder.glob("*.tfrecord.gz"))
+    records = [r for path in shards for r in read_shard(str(path))]
+    for path in shards:
+        path.unlink()
+    wrong = [frame_record(encode_example({band: np.full(24 * 24, 120.0) for band in BANDS})) for _ in range(2)]
+    chunks = [wrong, [frame_record(r) for r in records[2:4]], [frame_record(r) for r in records[4:6]]]
+    for number, chunk in enumerate(chunks):
+        with gzip.open(folder / f"mining_1010_2005-{number:05d}.tfrecord.gz", "wb") as handle:
+            handle.write(b"".join(chunk))
+    return folder / "mining_1010_2005-00000.tfrecord.gz"
+
+
+def test_run_all_written_exits_0_and_multiprocess_runner_gives_byte_identical_outputs(tmp_path, model_path):
+    write_exports(tmp_path / "exports", truth_stack(11))
+    assert main(pipeline_args(tmp_path / "exports", tmp_path / "default", model_path, "-q")) == EXIT_OK
+    multi = [a for a in pipeline_args(tmp_path / "exports", tmp_path / "multi", model_path, "-q") if a not in ("--direct_num_workers", "1")]
+    assert main([*multi, "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]) == EXIT_OK
+    default, parallel = files_of(tmp_path / "default"), files_of(tmp_path / "multi")
+    assert sorted(default) == sorted(parallel) == sorted(
+        [f"1010/1010_{y}.tif" for y in YEARS] + ["dead_letter.jsonl", "summary.json"])
+    for name in default:
+        if name != "summary.json":  # the summary names its folder and times
+            assert default[name] == parallel[name], name
+    first, second = (json.loads(d["summary.json"]) for d in (default, parallel))
+    strip = [{k: v for k, v in e.items() if k != "path"} for e in first["grid_years"]]
+    assert strip == [{k: v for k, v in e.items() if k != "path"} for e in second["grid_years"]]
+    assert first["outputs"] == second["outputs"] == sorted(default)
+
+
+def test_run_with_nothing_to_do_exits_2_before_reading(tmp_path, model_path, capsys):
+    write_exports(tmp_path / "exports", truth_stack(1))
+    assert main(pipeline_args(tmp_path / "exports", tmp_path / "out", model_path, "--grids", "9999")) == EXIT_USAGE
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "nothing to do" in error and "9999" in error
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+def test_rerun_is_refused_then_overwrite_with_a_contradicting_mixer_and_a_bad_shard_exits_3_and_leaves_no_old_map(
+        tmp_path, model_path, capsys):
+    exports, out = tmp_path / "exports", tmp_path / "out"
+    write_exports(exports, truth_stack(13))
+    assert main(pipeline_args(exports, out, model_path, "-q")) == EXIT_OK
+    assert (out / "1010" / "1010_2003.tif").exists() and (out / "1010" / "1010_2005.tif").exists()
+    before = files_of(out)
+    capsys.readouterr()
+    assert main(pipeline_args(exports, out, model_path)) == EXIT_USAGE  # refused before reading
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and str(out) in error and "--overwrite" in error
+    assert files_of(out) == before
+    # 2003: the mixer says 18-pixel patches while its records (and every other year) are 16 + kernel 4;
+    # 2005: shard 00000 holds records of the wrong size while its siblings 00001 and 00002 are intact.
+    mixer = exports / "1010" / "2003" / "mining_1010_2003-mixer.json"
+    data = json.loads(mixer.read_text())
+    data["patchDimensions"] = [18, 18]
+    mixer.write_text(json.dumps(data))
+    wrong = reshard_with_a_wrong_first_shard(exports / "1010" / "2005")
+    assert main(pipeline_args(exports, out, model_path, "-q", "--overwrite")) == EXIT_FAILED
+    summary = json.loads((out / "summary.json").read_text())
+    status = {e["year"]: e for e in summary["grid_years"]}
+    assert status[2003]["status"] == "failed" and status[2005]["status"] == "failed"
+    assert all(status[y]["status"] == "written" for y in YEARS if y not in (2003, 2005))
+    assert not (out / "1010" / "1010_2003.tif").exists() and not (out / "1010" / "1010_2005.tif").exists()
+    assert sorted(files_of(out)) == summary["outputs"]
+    dead = [json.loads(line) for line in (out / "dead_letter.jsonl").read_text().splitlines()]
+    assert {d["file"] for d in dead if d["year"] == 2003} == {str(mixer)}
+    assert {os.path.basename(d["file"]) for d in dead if d["year"] == 2005} == {wrong.name}
