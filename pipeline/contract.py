@@ -97,9 +97,28 @@ DEFAULT_NODATA: tuple[float, ...] = (-9999.0,)
 """Values read as 'not observed' besides NaN and a first band of 0 (Earth Engine's default fill)."""
 
 
+STORED_RANGE: tuple[float, float] = (0.0, EXPORT_MAX)
+"""The values a band of either preset can hold as exported (bytes, `export_scaled`); others are not observed."""
+
+
+def outside_stored_range(values: np.ndarray, nodata_values: Sequence[float] = DEFAULT_NODATA) -> np.ndarray:
+    """Where a band holds a finite value, not a no-data value, outside the preset's stored range (e.g. 3e38).
+
+    Such a pixel is not observed (`band_observed`) and is counted apart (the read's
+    `out_of_range_pixels`), because it means a broken export rather than a cloud.
+    """
+    low, high = STORED_RANGE
+    bad = np.isfinite(values) & ((values < low) | (values > high))
+    for value in nodata_values:
+        bad &= values != np.float32(value)
+    return bad
+
+
 def band_observed(values: np.ndarray, *, first_band: bool, nodata_values: Sequence[float] = DEFAULT_NODATA) -> np.ndarray:
-    """Where one band allows a pixel to be observed: finite, not a no-data value, and not 0 in the first band."""
-    ok = np.isfinite(values)
+    """Where one band allows a pixel to be observed: finite, not a no-data value, inside the stored range
+    (`STORED_RANGE`), and not 0 in the first band."""
+    low, high = STORED_RANGE
+    ok = np.isfinite(values) & (values >= low) & (values <= high)
     if first_band:
         ok &= values != 0
     for value in nodata_values:
@@ -110,7 +129,8 @@ def band_observed(values: np.ndarray, *, first_band: bool, nodata_values: Sequen
 def observed_pixels(array: np.ndarray, nodata_values: Sequence[float] = DEFAULT_NODATA) -> np.ndarray:
     """Where a (…, bands) stack holds a valid mosaic pixel (DESIGN §2).
 
-    Not observed: any band NaN or infinite, any band equal to a no-data value, or the first band 0
+    Not observed: any band NaN or infinite, any band equal to a no-data value or outside the stored
+    range 0–255 (`STORED_RANGE`), or the first band 0
     (Earth Engine fills masked pixels with the export's default value, 0 unless set). Training and
     inference both mask with this one rule.
     """

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from pipeline.io.example import encode_example
+from pipeline.io.example import decode_example, encode_example
+from pipeline.io.export_reader import read_export_patches
 from pipeline.io.tfrecord import frame_record, read_shard
 from pipeline.run import main
 from tests.test_pipeline import BANDS, YEARS, pipeline_args, stand_in_model, truth_stack, write_exports
@@ -99,3 +100,24 @@ def test_rerun_is_refused_then_overwrite_with_a_contradicting_mixer_and_a_bad_sh
     dead = [json.loads(line) for line in (out / "dead_letter.jsonl").read_text().splitlines()]
     assert {d["file"] for d in dead if d["year"] == 2003} == {str(mixer)}
     assert {os.path.basename(d["file"]) for d in dead if d["year"] == 2005} == {wrong.name}
+
+
+def test_values_outside_the_stored_range_are_not_observed_counted_and_reported(tmp_path, model_path, capsys):
+    exports = tmp_path / "exports"
+    write_exports(exports, truth_stack(17))
+    folder = exports / "1010" / "2004"
+    shard = folder / "mining_1010_2004-00000.tfrecord.gz"
+    records = list(read_shard(str(shard)))
+    features = decode_example(records[0])
+    features["nir"] = features["nir"].copy()
+    features["nir"][[42, 43, 44]] = 3e38  # row 2, columns 2-4 of a 20x20 record: inside the 16x16 core
+    records[0] = encode_example(features)
+    with gzip.open(shard, "wb") as handle:
+        handle.write(b"".join(frame_record(r) for r in records))
+    assert main(pipeline_args(exports, tmp_path / "out", model_path)) == EXIT_OK
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["metrics"]["out_of_range_pixels"] == 3
+    assert "out of range  3 pixel(s)" in capsys.readouterr().out
+    _, patches = read_export_patches(str(exports), "1010", 2004, BANDS)
+    assert patches[0].out_of_range == 3 and not patches[0].observed[2, 2:5].any() and patches[0].observed[2, 5]
+    assert sum(p.out_of_range for p in patches) == 3

@@ -19,7 +19,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.contract import DEFAULT_NODATA, band_observed
+from pipeline.contract import DEFAULT_NODATA, band_observed, crop_buffer, outside_stored_range
 from pipeline.elements import DeadLetter, ExportGeometry, ExportPatch, MissingExport, ReadEvent
 from pipeline.errors import ExportError, MissingExportError, RecordError, ShardError
 from pipeline.io.example import decode_example
@@ -198,9 +198,13 @@ class _Reader:
         bands, observed = arrays_from_features(
             features, self.bands, side, self.nodata_values, fill_value=self.fill_value, source=source
         )
+        outside = np.zeros(observed.shape, dtype=bool)
+        for band in self.bands:
+            outside |= outside_stored_range(features[band], self.nodata_values).reshape(observed.shape)
         row, col = divmod(index, self.geometry.patches_per_row)
         g = self.geometry
-        return ExportPatch(g.grid, g.year, index, row, col, self.kernel, bands, observed)
+        return ExportPatch(g.grid, g.year, index, row, col, self.kernel, bands, observed,
+                           int(crop_buffer(outside, self.kernel).sum()))
 
 
 def _count_frames(path: str) -> tuple[int, str | None]:
