@@ -87,7 +87,7 @@ def arrays_from_features(
             )
         out[..., i] = values.reshape(record_side, record_side)
         # DESIGN §2's rule (`pipeline.contract.observed_pixels`), one contiguous band at a time
-        observed &= band_observed(values, first_band=i == 0, nodata_values=nodata)
+        observed &= band_observed(values, first_band=i == 0, nodata_values=nodata, band=band)
     observed = observed.reshape(record_side, record_side)
     if fill_value is not None:
         out[~observed] = fill_value
@@ -200,7 +200,7 @@ class _Reader:
         )
         outside = np.zeros(observed.shape, dtype=bool)
         for band in self.bands:
-            outside |= outside_stored_range(features[band], self.nodata_values).reshape(observed.shape)
+            outside |= outside_stored_range(features[band], band, self.nodata_values).reshape(observed.shape)
         row, col = divmod(index, self.geometry.patches_per_row)
         g = self.geometry
         return ExportPatch(g.grid, g.year, index, row, col, self.kernel, bands, observed,

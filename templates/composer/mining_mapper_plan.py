@@ -58,7 +58,7 @@ TEMPLATE_PARAMETERS = (
     "exports", "output", "grids", "years", "model", "model_routing", "band_preset", "threshold", "filter_mode",
     "min_component_size", "spatial_window", "backfill_limit", "frequency_cut", "c9_backfill_from_index",
     "spatial_filter", "min_batch_size", "max_batch_size", "export_nodata", "probability_band", "origin_band",
-    "require_gpu",
+    "overwrite", "require_gpu",
 )
 BEAM_PARAMETERS = ("sdk_container_image",)
 
