@@ -22,7 +22,7 @@ from pipeline.flags import HelpFormatter, check_run_argv
 from pipeline.io.filesystem import local_or_remote, publish_atomically, read_bytes
 from pipeline.io.run_folder import claim_output, release_lock
 from pipeline.io.summary import RunSummary, command_line, now_utc
-from pipeline.modelcheck import check_models
+from pipeline.modelcheck import check_models, check_run_contract
 from pipeline.options import MiningMapperOptions, build_config, discover_grid_years
 from transforms.job import MiningMapperJob, summary_path
 from transforms.metrics import NAMESPACE
@@ -46,6 +46,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     config = build_config(options)
     check_something_to_do(config)
     check_models(config.routes)
+    check_run_contract(config)
     lock = claim_output(config.output, "run", config.overwrite)
     try:
         return _run_pipeline(options, arguments, argv, config, runner_name=standard.runner, local=local)

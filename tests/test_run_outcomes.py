@@ -121,3 +121,51 @@ def test_values_outside_the_stored_range_are_not_observed_counted_and_reported(t
     _, patches = read_export_patches(str(exports), "1010", 2004, BANDS)
     assert patches[0].out_of_range == 3 and not patches[0].observed[2, 2:5].any() and patches[0].observed[2, 5]
     assert sum(p.out_of_range for p in patches) == 3
+
+
+def exported_model(folder, preset: str, depth: int = 2):
+    """A model folder as `mining-mapper train` exports it, as far as the checks before a run read it."""
+    from pipeline.contract import BAND_PRESETS
+
+    folder.mkdir()
+    (folder / "saved_model.pb").write_bytes(b"\x08\x01")
+    card = {"preset": preset, "bands": list(BAND_PRESETS[preset]), "normalization": {"kind": "zscore"},
+            "architecture": {"depth": depth}, "input": {"dtype": "float32"}}
+    (folder / "model_card.json").write_text(json.dumps(card))
+    return str(folder)
+
+
+def keras_model(path, bands: int, outputs: int = 1) -> str:
+    import keras
+
+    inputs = keras.Input((None, None, bands))
+    model = keras.Model(inputs, keras.layers.Conv2D(outputs, 1, activation="sigmoid")(inputs))
+    model.save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, preset, extra, wanted", [
+    ("model_card_of_another_preset", "c9-code", [], "takes bands swir1, nir, red, green, mndwi, ndvi (preset c9-code), but --band_preset appendix"),
+    ("exports_lacking_the_models_bands", "c9-code", ["--band_preset", "c9-code"], "lacks band(s) green of --band_preset c9-code"),
+    ("records_the_model_cannot_take", "appendix", [], "records are 20x20, but --model"),
+])
+def test_run_refuses_before_reading_a(tmp_path, capsys, case, preset, extra, wanted):
+    write_exports(tmp_path / "exports", truth_stack(2))
+    model = exported_model(tmp_path / "model", preset, depth=3)  # a U-Net of depth 3 takes sides of 8k
+    assert main(pipeline_args(tmp_path / "exports", tmp_path / "out", model, *extra)) == EXIT_USAGE
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and wanted in error, error
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case, bands, outputs, wanted", [
+    ("keras_model_of_4_input_bands", 4, 1, "its input is (None, None, None, 4)"),
+    ("keras_model_of_2_outputs", 6, 2, "its output is (None, None, None, 2)"),
+])
+def test_run_refuses_before_reading_a_wrong_model(tmp_path, capsys, case, bands, outputs, wanted):
+    write_exports(tmp_path / "exports", truth_stack(2))
+    model = keras_model(tmp_path / "wrong.keras", bands, outputs)
+    assert main(pipeline_args(tmp_path / "exports", tmp_path / "out", model)) == EXIT_USAGE
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and wanted in error, error
+    assert not (tmp_path / "out").exists()

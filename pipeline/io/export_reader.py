@@ -232,6 +232,39 @@ def _first_record_side(path: str, bands: Sequence[str]) -> int | None:
     return None
 
 
+@dataclass(frozen=True)
+class RecordProbe:
+    """What one record of an export holds: its shard, the export's patch size, the bands and the record side."""
+
+    shard: str
+    patch_size: int
+    bands: tuple[str, ...]
+    side: int
+
+
+def probe_export(export_dir: str, grid: str, year: int) -> RecordProbe | None:
+    """The first decodable record of an export, for the checks made before a run reads anything.
+
+    None when the export is absent or has no readable record (the read reports those as usual).
+    """
+    try:
+        mixer_path, shards = list_export(export_dir)
+        geometry = parse_mixer(mixer_path, grid, year)
+    except ExportError:
+        return None
+    for path in shards:
+        try:
+            for item in read_shard(path):
+                if isinstance(item, bytes):
+                    features = decode_example(item, path)
+                    first = next(iter(features.values()), None)
+                    side = math.isqrt(first.size) if first is not None else 0
+                    return RecordProbe(path, geometry.patch_size, tuple(sorted(features)), side)
+        except (ShardError, RecordError):
+            continue
+    return None
+
+
 def _first_record_length(paths: Sequence[str]) -> int | None:
     """The length of the first readable record among the shards (None if none)."""
     for path in paths:
