@@ -44,8 +44,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
         import_tensorflow_quietly()
         check_gpu(options.view_as(MiningMapperOptions).require_gpu == "true")
     config = build_config(options)
-    check_something_to_do(config)
     check_models(config.routes)
+    check_something_to_do(config)
     check_run_contract(config)
     lock = claim_output(config.output, "run", config.overwrite)
     try:

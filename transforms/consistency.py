@@ -9,17 +9,24 @@ observed, like a year without an export.
 from __future__ import annotations
 
 import apache_beam as beam
+from apache_beam import typehints
 from apache_beam.metrics import Metrics
 
-from pipeline.elements import DeadLetter, GridYearKey
+from pipeline.elements import DeadLetter, ExportGeometry, GridYearKey
 from pipeline.errors import ExportError
 from pipeline.io.export_layout import contradicting_years, export_dir_of, list_export
 from transforms.metrics import READ_NAMESPACE
 
 
-def _dead_letters(geometries: list, exports_root: str):
-    """One (GridYearKey, DeadLetter) per contradicting export, naming its mixer file."""
-    for (grid, year), reason in sorted(contradicting_years(geometries).items()):
+def _by_grid(keyed) -> tuple[str, object]:
+    key, geometry = keyed
+    return str(key.grid), geometry
+
+
+def _dead_letters(grid_geometries, exports_root: str):
+    """One (GridYearKey, DeadLetter) per export of a grid that contradicts the grid, naming its mixer file."""
+    _, geometries = grid_geometries
+    for (grid, year), reason in sorted(contradicting_years(list(geometries)).items()):
         export_dir = export_dir_of(exports_root, grid, year)
         try:
             mixer, _ = list_export(export_dir)
@@ -32,8 +39,8 @@ def _dead_letters(geometries: list, exports_root: str):
 class RefuseContradictingExports(beam.PTransform):
     """(GridYearKey, ExportGeometry) → (GridYearKey, DeadLetter) of every export that contradicts its grid.
 
-    Every geometry is gathered in one place (one small element per export), so the check sees each
-    grid's years together. `drop_refused` then removes the refused grid-years' classified patches.
+    The geometries (one small element per export) are grouped by grid, so the check sees each grid's
+    years together. `drop_refused` then removes the refused grid-years' classified patches.
     """
 
     def __init__(self, *, exports_root: str):
@@ -43,9 +50,9 @@ class RefuseContradictingExports(beam.PTransform):
     def expand(self, geometries: beam.PCollection) -> beam.PCollection:
         return (
             geometries
-            | "Values" >> beam.Values()
-            | "All geometries" >> beam.combiners.ToList()
-            | "Contradictions" >> beam.FlatMap(_dead_letters, self._root)
+            | "By grid" >> beam.Map(_by_grid).with_output_types(typehints.KV[str, ExportGeometry])
+            | "Years of a grid" >> beam.GroupByKey()
+            | "Contradictions" >> beam.FlatMap(_dead_letters, self._root).with_output_types(typehints.KV[GridYearKey, DeadLetter])
         )
 
 
