@@ -169,3 +169,11 @@ def test_run_refuses_before_reading_a_wrong_model(tmp_path, capsys, case, bands,
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and wanted in error, error
     assert not (tmp_path / "out").exists()
+
+
+def test_run_help_documents_the_exit_statuses(capsys):
+    assert main(["--help"]) == EXIT_OK
+    text = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 every grid-year asked for was written" in text
+    assert "3 the run finished and wrote its summary, but at least one grid-year failed" in text
+    assert "2 usage error" in text and "nothing to do" in text and "--overwrite" in text
