@@ -16,7 +16,14 @@ from affine import Affine
 from pipeline.cli import main
 from pipeline.errors import UserError
 from pipeline.io.rasters import list_rasters
-from pipeline.io.run_folder import LOCK_NAME, acquire_lock, claim_output, read_lock, release_lock, remove_leftovers
+from pipeline.io.run_folder import (
+    LOCK_NAME,
+    acquire_lock,
+    claim_output,
+    read_lock,
+    release_lock,
+    remove_leftovers,
+)
 
 YEARS = list(range(2000, 2006))
 

@@ -14,7 +14,14 @@ from pipeline.io.example import decode_example, encode_example
 from pipeline.io.export_reader import read_export_patches
 from pipeline.io.tfrecord import frame_record, read_shard
 from pipeline.run import main
-from tests.test_pipeline import BANDS, YEARS, pipeline_args, stand_in_model, truth_stack, write_exports
+from tests.test_pipeline import (
+    BANDS,
+    YEARS,
+    pipeline_args,
+    stand_in_model,
+    truth_stack,
+    write_exports,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +35,8 @@ def files_of(folder) -> dict[str, bytes]:
     for root, _dirs, names in os.walk(folder):
         for name in names:
             path = os.path.join(root, name)
-            found[os.path.relpath(path, folder)] = open(path, "rb").read()
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, folder)] = handle.read()
     return found
 
 

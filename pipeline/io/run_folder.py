@@ -106,7 +106,7 @@ class Lock:
             started = _dt.datetime.fromisoformat(self.started)
         except ValueError:
             return 0.0
-        return (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds()
+        return (_dt.datetime.now(_dt.UTC) - started).total_seconds()
 
     def is_stale(self, max_age_s: float = LOCK_MAX_AGE_S) -> bool:
         """Whether the lock's run is gone: its process is not alive on this host, or the lock is too old."""
@@ -157,7 +157,7 @@ def acquire_lock(folder: str, command: str, max_age_s: float = LOCK_MAX_AGE_S) -
         raise UserError(f"{folder}: another run is writing here, {existing.describe()}; wait for it to end, "
                         f"or choose another output (a lock of a run that is gone is {existing.path})")
     lock = Lock(filesystem.join(folder, LOCK_NAME), os.getpid(), socket.gethostname(),
-                _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), command)
+                _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(), command)
     data = json.dumps({"pid": lock.pid, "host": lock.host, "started": lock.started, "command": lock.command}).encode()
     if filesystem.is_remote(folder):
         filesystem.publish_atomically({lock.path: data})
