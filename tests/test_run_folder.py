@@ -138,3 +138,31 @@ def test_an_output_that_is_a_file_is_refused_in_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="the output is a file"):
         claim_output(str(tmp_path / "file"), "filter", overwrite=False)
+
+
+def test_ingest_of_a_run_folder_takes_the_cogs_its_manifest_lists_not_a_stray_one(tmp_path):
+    import argparse
+
+    from pipeline.commands.ingest import cog_uris
+
+    write_series(tmp_path / "in")
+    assert run_filter(tmp_path / "in", tmp_path / "out", "--years", "2001-2002") == 0
+    (tmp_path / "out" / "mining_1999.tif").write_bytes(b"an earlier run's map")
+    args = argparse.Namespace(cogs=None, cogs_list=None, cogs_prefix=str(tmp_path / "out"), project=None)
+    assert [os.path.basename(u) for u in cog_uris(args)] == ["mining_2001.tif", "mining_2002.tif"]
+
+
+def test_a_run_into_a_locked_output_is_refused_before_reading(tmp_path, capsys):
+    from pipeline.run import main as run_main
+    from tests.test_pipeline import pipeline_args, stand_in_model, truth_stack, write_exports
+
+    write_exports(tmp_path / "exports", truth_stack(1))
+    model = stand_in_model(str(tmp_path / "m.keras"))
+    lock = acquire_lock(str(tmp_path / "out"), "run")
+    try:
+        assert run_main(pipeline_args(tmp_path / "exports", tmp_path / "out", model)) == 2
+    finally:
+        release_lock(lock)
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "another run is writing here" in error
+    assert sorted(os.listdir(tmp_path / "out")) == []

@@ -13,7 +13,7 @@ def configure(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cogs", nargs="+", metavar="URI", help="gs:// URIs of the COGs (.../GRID/YEAR/NAME.tif)")
     source.add_argument("--cogs-list", metavar="FILE", help="a file of COG URIs, one a line")
-    source.add_argument("--cogs-prefix", metavar="gs://BUCKET/PATH", help="ingest every .tif under this prefix")
+    source.add_argument("--cogs-prefix", metavar="gs://BUCKET/PATH", help="ingest every .tif under this prefix; a run's output folder (with a summary.json) gives the COGs its manifest lists")
     parser.add_argument("--collection", required=True, help="ImageCollection asset id, projects/P/assets/PATH")
     parser.add_argument("--model", help="model name recorded on every image (or from the COG tags)")
     parser.add_argument("--threshold", type=float, help="probability threshold recorded on every image")
