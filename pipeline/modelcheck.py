@@ -86,8 +86,12 @@ def model_contract(path: str) -> dict | None:
     if kind is not None and kind not in NORMALIZATIONS:
         raise UserError(f"--model {path}: its model card's normalization {kind!r} is none of {', '.join(NORMALIZATIONS)}")
     depth = int((card.get("architecture") or {}).get("depth", 0) or 0)
+    geometry = card.get("input") or {}
+    count = geometry.get("band_count", len(bands))
+    if count != len(bands):
+        raise UserError(f"--model {path}: its model card says {count} input bands but names {len(bands)}")
     return {"bands": [str(b) for b in bands], "band_count": len(bands), "inputs": None, "preset": card.get("preset"),
-            "size_multiple": 2 ** depth, "output": None}
+            "size_multiple": int(geometry.get("size_multiple", 2 ** depth)), "output": None}
 
 
 def check_model_contract(label: str, path: str, contract: dict, preset: str, bands: tuple[str, ...]) -> None:
