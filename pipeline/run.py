@@ -47,7 +47,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     check_models(config.routes)
     check_something_to_do(config)
     check_run_contract(config)
-    lock = claim_output(config.output, "run", config.overwrite)
+    lock = claim_output(config.output, "run", config.overwrite, clean=local)
     try:
         return _run_pipeline(options, arguments, argv, config, runner_name=standard.runner, local=local)
     finally:  # a submitted job is not waited for: the lock guards the launch, the refusal holds for both

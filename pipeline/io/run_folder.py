@@ -207,11 +207,13 @@ def remove_leftovers(folder: str) -> list[str]:
     return removed
 
 
-def claim_output(folder: str, command: str, overwrite: bool) -> Lock:
+def claim_output(folder: str, command: str, overwrite: bool, *, clean: bool = True) -> Lock:
     """Before a run: refuse another run's folder unless `overwrite`, take the lock, clear a killed run's temporaries.
 
-    The refusal names the folder and `--overwrite`. Nothing is deleted here: with `overwrite`, the
-    earlier run's files are removed by `remove_stale` only once the new set is published.
+    The refusal names the folder and `--overwrite`. No output is deleted here: with `overwrite`, the
+    earlier run's files are removed by `remove_stale` only once the new set is published. `clean`
+    False leaves temporaries alone: a launcher that only submits a job (Dataflow) holds the lock for
+    the launch only, so the temporaries it would see may be another submitted job's, still writing.
     """
     folder = str(folder).rstrip("/")
     if filesystem.is_remote(folder):
@@ -228,7 +230,8 @@ def claim_output(folder: str, command: str, overwrite: bool) -> Lock:
                 shown = ", ".join(earlier[:3]) + (f" and {len(earlier) - 3} more" if len(earlier) > 3 else "")
                 raise UserError(f"{folder}: holds another run's outputs ({shown}); choose an empty output folder, "
                                 "or pass --overwrite to replace them with this run's")
-        remove_leftovers(folder)
+        if clean:
+            remove_leftovers(folder)
     except BaseException:
         release_lock(lock)
         raise
