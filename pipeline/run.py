@@ -34,7 +34,10 @@ def run(argv: Sequence[str] | None = None) -> dict:
     """Validate the options, run the pipeline, wait, and return the summary as a dict (local runs).
 
     Unknown flags and stray values are refused first (`pipeline.flags.check_run_argv`); the GPU (local
-    runs) and every model location are checked before anything is read.
+    runs), every model location, that there is something to do, and that the models fit the preset and
+    the exports' records (`check_run_contract`) are checked before anything is read; then the output
+    folder is claimed (`pipeline.io.run_folder.claim_output`: refused if it holds another run without
+    --overwrite, locked while the run writes).
     """
     arguments = check_run_argv(list(argv) if argv is not None else sys.argv[1:])
     options = PipelineOptions(arguments)

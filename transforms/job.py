@@ -14,7 +14,7 @@ from pipeline.config import RunConfig
 from pipeline.elements import DeadLetter
 from pipeline.io.filesystem import absolute_uri, publish_atomically
 from pipeline.elements import GridYearStatus
-from pipeline.io.run_folder import raw_files, remove_stale
+from pipeline.io.run_folder import DEAD_LETTER_NAME, raw_files, remove_stale
 from pipeline.io.summary import SUMMARY_NAME, RunSummary, account, now_utc
 from transforms.consistency import RefuseContradictingExports, drop_refused
 from transforms.filtering import FilterTiles
@@ -22,9 +22,6 @@ from transforms.inference import ClassifyPatches
 from transforms.progress import LogProgress
 from transforms.read import DEAD_LETTER, GEOMETRY, MISSING, PATCHES, ReadEarthEngineExports
 from transforms.write import TILES, WriteGridYears
-
-
-DEAD_LETTER_NAME = "dead_letter.jsonl"
 
 
 def output_tags(config: RunConfig) -> dict[str, str]:

@@ -79,7 +79,7 @@ def _filter(args: argparse.Namespace, params, started: str, say) -> int:
     from pipeline.contract import origin_to_band
     from pipeline.io.cog import classification_bands, encode_cog
     from pipeline.io.filesystem import absolute_uri, join, publish_atomically
-    from pipeline.io.run_folder import raw_files, remove_stale
+    from pipeline.io.run_folder import AREAS_NAME, raw_files, remove_stale
     from pipeline.io.summary import SUMMARY_NAME, GridYearStatus, RunSummary, command_line, now_utc
     from pipeline.io.rasters import find_annual_rasters, read_class_series
 
@@ -123,7 +123,7 @@ def _filter(args: argparse.Namespace, params, started: str, say) -> int:
         outputs[join(args.output, f"{args.prefix}_{year}.tif")] = encode_cog(
             bands, series.crs, series.transform, tags, descriptions
         )
-    outputs[join(args.output, "areas.csv")] = _areas_csv(years, hectares)
+    outputs[join(args.output, AREAS_NAME)] = _areas_csv(years, hectares)
     grid = args.grid or args.prefix
     summary = RunSummary(
         command="filter",
@@ -151,7 +151,7 @@ def _filter(args: argparse.Namespace, params, started: str, say) -> int:
         started=started,
         finished=now_utc(),
         command_line=command_line(),
-        outputs=sorted({*(f"{args.prefix}_{year}.tif" for year in years), "areas.csv", SUMMARY_NAME, *raw_files(args.output)}),
+        outputs=sorted({*(f"{args.prefix}_{year}.tif" for year in years), AREAS_NAME, SUMMARY_NAME, *raw_files(args.output)}),
     )
     outputs[join(args.output, SUMMARY_NAME)] = summary.to_json()
     say(f"writing {len(years)} COGs, areas.csv and summary.json to {args.output}")

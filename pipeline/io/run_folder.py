@@ -35,7 +35,9 @@ LOCK_MAX_AGE_S = 7 * 24 * 3600
 """A lock older than this is stale whatever its process: a run is never that long, a dead host's lock is."""
 RAW_FOLDER = "raw"
 OUR_FILES = (".tif", ".tiff")
-OUR_NAMES = (SUMMARY_NAME, "dead_letter.jsonl", "areas.csv")
+DEAD_LETTER_NAME = "dead_letter.jsonl"
+AREAS_NAME = "areas.csv"
+OUR_NAMES = (SUMMARY_NAME, DEAD_LETTER_NAME, AREAS_NAME)
 PARTIAL_MARK = ".partial-"
 BEAM_TEMP_PREFIX = "beam-temp-"
 
