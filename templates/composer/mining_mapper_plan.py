@@ -144,6 +144,8 @@ def flex_template_body(config: Mapping[str, Any], exports: str, output: str, gri
         "probability_band": str(bool(config["probability_band"])).lower(),
         "origin_band": str(bool(config["origin_band"])).lower(),
         "require_gpu": str(gpu).lower(),
+        # the DAG owns gs://…/{output_prefix}/{last_year}: a retry or a re-run of that year replaces its set
+        "overwrite": "true",
         "sdk_container_image": config["image"],
     }
     if config["model_routing"]:
