@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/mining-mapper train $(DEMO_OUT)/sample/training --output $(DEMO_OUT)/model \
 	    --base-filters 8 --depth 3 --epochs 25 --learning-rate 0.002 --batch-size 8 --seed 0 --restart
 	$(BIN)/mining-mapper run --exports $(DEMO_OUT)/sample/exports --model $(DEMO_OUT)/model/model \
-	    --output $(DEMO_OUT)/run --probability-band --origin-band
+	    --output $(DEMO_OUT)/run --probability-band --origin-band --overwrite
 	$(BIN)/mining-mapper report $(DEMO_OUT)/run --output $(DEMO_OUT)/report
 	@echo "COGs:    $(DEMO_OUT)/run/{grid}/{grid}_{year}.tif"
 	@echo "summary: $(DEMO_OUT)/run/summary.json"
@@ -35,7 +35,7 @@ demo: setup
 
 # The post-classification filters alone, on the real MapBiomas Collection 6 series of ../shared/data.
 demo-filter: setup
-	$(BIN)/mining-mapper filter $(SHARED)/mapbiomas_c6_lourenco --output $(DEMO_OUT)/lourenco --origin-band
+	$(BIN)/mining-mapper filter $(SHARED)/mapbiomas_c6_lourenco --output $(DEMO_OUT)/lourenco --origin-band --overwrite
 
 # Chromium for the report's browser test (Debian's package; the test skips, saying so, without it).
 test-browser:

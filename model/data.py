@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pipeline.contract import DEFAULT_NODATA, LABEL_FEATURE, export_scaled, observed_pixels
+from pipeline.contract import DEFAULT_NODATA, LABEL_FEATURE, STORED_RANGE, export_scaled, observed_pixels
 from pipeline.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -439,16 +439,27 @@ def no_split(infos: Sequence[FileInfo], validation: Sequence[FileInfo] = ()) -> 
 
 
 def observed_mask(image: np.ndarray) -> np.ndarray:
-    """Pixels with a valid mosaic value: `pipeline.contract.observed_pixels`, the rule inference uses too."""
-    return observed_pixels(image, DEFAULT_NODATA)
+    """Pixels with a valid mosaic value: `pipeline.contract.observed_pixels`, the rule inference uses too.
+
+    Training images hold preset bands only, so every band is held to the stored range 0-255 as the
+    pipeline's reader holds the preset's bands (a 3e38 is not observed, in training as in inference).
+    """
+    low, high = STORED_RANGE
+    with np.errstate(invalid="ignore"):
+        in_range = np.all((image >= low) & (image <= high), axis=-1)
+    return observed_pixels(image, DEFAULT_NODATA) & in_range
 
 
 def observed_mask_tf(image):
     """TensorFlow twin of `observed_mask` (last axis = bands) inside the tf.data graph: the same rule
-    (every band finite and no band a no-data value, the first band not 0); a bool tensor without that axis."""
+    (every band finite, inside the stored range and not a no-data value, the first band not 0); a bool
+    tensor without that axis."""
     import tensorflow as tf
 
+    low, high = STORED_RANGE
     ok = tf.logical_and(tf.reduce_all(tf.math.is_finite(image), axis=-1), tf.not_equal(image[..., 0], 0.0))
+    in_range = tf.logical_and(tf.greater_equal(image, tf.cast(low, image.dtype)), tf.less_equal(image, tf.cast(high, image.dtype)))
+    ok = tf.logical_and(ok, tf.reduce_all(in_range, axis=-1))
     for value in DEFAULT_NODATA:
         ok = tf.logical_and(ok, tf.logical_not(tf.reduce_any(tf.equal(image, tf.cast(value, image.dtype)), axis=-1)))
     return ok

@@ -542,6 +542,8 @@ def model_card(config, spec, split, statistics, network, history, early, stopped
         "input": {
             "dtype": "float32",
             "shape": "(batch, H, W, bands), H and W multiples of %d" % 2**config.depth,
+            "band_count": len(spec.bands),
+            "size_multiple": 2**config.depth,
             "values": "raw Earth Engine export values: reflectance x %g, index (x + %g) x %g, 0-%g"
             % (REFLECTANCE_SCALE, INDEX_OFFSET, INDEX_SCALE, EXPORT_MAX),
             "signature": "serving_default: bands -> probability",

@@ -40,6 +40,7 @@ class RunConfig:
     probability_band: bool
     origin_band: bool
     require_gpu: bool
+    overwrite: bool = False
     reuse_raw: str | None = None
     """Raw results to re-use (a folder of `{grid}/{grid}_{year}.tif`), or None: infer every grid-year."""
     inference_tile: int | None = 0

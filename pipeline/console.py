@@ -161,6 +161,9 @@ def run_table(summary: Mapping) -> str:
         rows.append(("raw results", f"{output}/raw/{{grid}}/{{grid}}_{{year}}.tif"))
     if summary.get("dead_letters"):
         rows.append(("dead letters", f"{summary['dead_letters']} in {output}/dead_letter.jsonl"))
+    out_of_range = summary.get("metrics", {}).get("out_of_range_pixels")
+    if out_of_range:
+        rows.append(("out of range", f"{out_of_range:,} pixel(s) with a band outside 0-255: not observed (broken exports?)"))
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 

@@ -97,9 +97,39 @@ DEFAULT_NODATA: tuple[float, ...] = (-9999.0,)
 """Values read as 'not observed' besides NaN and a first band of 0 (Earth Engine's default fill)."""
 
 
-def band_observed(values: np.ndarray, *, first_band: bool, nodata_values: Sequence[float] = DEFAULT_NODATA) -> np.ndarray:
-    """Where one band allows a pixel to be observed: finite, not a no-data value, and not 0 in the first band."""
+STORED_RANGE: tuple[float, float] = (0.0, EXPORT_MAX)
+"""The values a band of the presets (a reflectance or an index) can hold as exported (bytes, `export_scaled`)."""
+
+
+def stored_range(band: str | None) -> tuple[float, float] | None:
+    """The stored range of a preset band (`STORED_RANGE`); None for a band of no preset (e.g. phenology
+    exports read by the generic reader), whose values are not ours to bound."""
+    return STORED_RANGE if band in REFLECTANCE_BANDS or band in INDEX_BANDS else None
+
+
+def outside_stored_range(values: np.ndarray, band: str | None, nodata_values: Sequence[float] = DEFAULT_NODATA) -> np.ndarray:
+    """Where a preset band holds a finite value, not a no-data value, outside its stored range (e.g. 3e38).
+
+    Such a pixel is not observed (`band_observed`) and is counted apart (the read's
+    `out_of_range_pixels`), because it means a broken export rather than a cloud.
+    """
+    limits = stored_range(band)
+    if limits is None:
+        return np.zeros(np.shape(values), dtype=bool)
+    bad = np.isfinite(values) & ((values < limits[0]) | (values > limits[1]))
+    for value in nodata_values:
+        bad &= values != np.float32(value)
+    return bad
+
+
+def band_observed(values: np.ndarray, *, first_band: bool, nodata_values: Sequence[float] = DEFAULT_NODATA,
+                  band: str | None = None) -> np.ndarray:
+    """Where one band allows a pixel to be observed: finite, not a no-data value, inside the stored range
+    of a preset band (`stored_range`; `band` None or another band: no range), and not 0 in the first band."""
     ok = np.isfinite(values)
+    limits = stored_range(band)
+    if limits is not None:
+        ok &= (values >= limits[0]) & (values <= limits[1])
     if first_band:
         ok &= values != 0
     for value in nodata_values:
@@ -107,16 +137,19 @@ def band_observed(values: np.ndarray, *, first_band: bool, nodata_values: Sequen
     return ok
 
 
-def observed_pixels(array: np.ndarray, nodata_values: Sequence[float] = DEFAULT_NODATA) -> np.ndarray:
+def observed_pixels(array: np.ndarray, nodata_values: Sequence[float] = DEFAULT_NODATA,
+                    bands: Sequence[str] | None = None) -> np.ndarray:
     """Where a (…, bands) stack holds a valid mosaic pixel (DESIGN §2).
 
-    Not observed: any band NaN or infinite, any band equal to a no-data value, or the first band 0
+    Not observed: any band NaN or infinite, any band equal to a no-data value or outside the stored
+    range 0–255 (`STORED_RANGE`, when `bands` names the preset bands of the last axis), or the first band 0
     (Earth Engine fills masked pixels with the export's default value, 0 unless set). Training and
     inference both mask with this one rule.
     """
     ok = np.ones(array.shape[:-1], dtype=bool)
     for i in range(array.shape[-1]):
-        ok &= band_observed(array[..., i], first_band=i == 0, nodata_values=nodata_values)
+        ok &= band_observed(array[..., i], first_band=i == 0, nodata_values=nodata_values,
+                            band=bands[i] if bands is not None else None)
     return ok
 
 

@@ -226,7 +226,8 @@ class ExportPatch:
 
     `bands` is float32 (S, S, B) with S = patch + kernel, in the preset's band order, not-observed
     pixels filled with 0; `observed` is bool (S, S). The model sees the whole record (context);
-    `core()` crops the buffer back to the patch.
+    `core()` crops the buffer back to the patch. `out_of_range` counts the core's pixels not observed
+    because a band held a value outside the preset's stored range (a broken export, not a cloud).
     """
 
     grid: str
@@ -237,6 +238,7 @@ class ExportPatch:
     kernel: int
     bands: np.ndarray = field(repr=False)
     observed: np.ndarray = field(repr=False)
+    out_of_range: int = 0
 
     @property
     def key(self) -> PatchKey:
@@ -251,8 +253,8 @@ class ExportPatch:
         if not isinstance(other, ExportPatch):
             return NotImplemented
         return (
-            (self.grid, self.year, self.index, self.row, self.col, self.kernel)
-            == (other.grid, other.year, other.index, other.row, other.col, other.kernel)
+            (self.grid, self.year, self.index, self.row, self.col, self.kernel, self.out_of_range)
+            == (other.grid, other.year, other.index, other.row, other.col, other.kernel, other.out_of_range)
             and np.array_equal(self.bands, other.bands, equal_nan=True)
             and np.array_equal(self.observed, other.observed)
         )

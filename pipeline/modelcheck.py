@@ -1,7 +1,10 @@
-"""Check, before a run reads anything, that every model it will load is there and readable.
+"""Check, before a run reads anything, that every model it will load is there, readable, and fits the run.
 
 Why: the model is loaded only when the first batch reaches inference, after the exports have been read
-(on Dataflow, on a worker, after minutes of start-up); a typo in --model should cost one line, not a job.
+(on Dataflow, on a worker, after minutes of start-up); a typo in --model should cost one line, not a job,
+and c9-code exports through an appendix model should not quietly write worse maps. The model card
+(`model_card.json` of an exported model: bands, preset, input geometry, normalisation) or a local Keras
+file's own shapes say what a model takes; one record of the first export says what the exports hold.
 """
 from __future__ import annotations
 
@@ -48,3 +51,99 @@ def check_models(routes: Iterable) -> None:
     """Check every model of a run (the national one and the state models of the routing file)."""
     for route in routes:
         check_model_location(route.path, "--model" if route.name == "national" else f"model '{route.name}' of --model_routing")
+
+
+def model_contract(path: str) -> dict | None:
+    """What a model takes, from its model card (exported folder) or, for a local .keras/.h5 file, the model itself.
+
+    {"bands": [...] or None, "band_count": int or None, "preset": str or None, "size_multiple": int,
+    "output": tuple or None}; None for a remote Keras file (its shapes are checked when a worker loads it).
+    A card or a model that cannot be read is a UserError naming the path.
+    """
+    from pipeline.contract import NORMALIZATIONS
+
+    if path.endswith(KERAS_SUFFIXES):
+        if "://" in path:
+            return None
+        import keras
+
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except Exception as error:  # noqa: BLE001 - any failure to load is the user's model file
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"--model {path}: cannot load the Keras model ({reason[:200]})") from None
+        inputs = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
+        output = tuple(model.output_shape) if not isinstance(model.output_shape, list) else None
+        return {"bands": None, "band_count": inputs[-1] if inputs and len(inputs) == 4 else None, "inputs": inputs,
+                "preset": None, "size_multiple": 1, "output": output}
+    from model.export import read_model_card
+
+    card = read_model_card(path)
+    bands = card.get("bands")
+    if not isinstance(bands, list) or not bands:
+        raise UserError(f"--model {path}: its model_card.json names no input bands")
+    kind = (card.get("normalization") or {}).get("kind")
+    if kind is not None and kind not in NORMALIZATIONS:
+        raise UserError(f"--model {path}: its model card's normalization {kind!r} is none of {', '.join(NORMALIZATIONS)}")
+    depth = int((card.get("architecture") or {}).get("depth", 0) or 0)
+    geometry = card.get("input") or {}
+    count = geometry.get("band_count", len(bands))
+    if count != len(bands):
+        raise UserError(f"--model {path}: its model card says {count} input bands but names {len(bands)}")
+    return {"bands": [str(b) for b in bands], "band_count": len(bands), "inputs": None, "preset": card.get("preset"),
+            "size_multiple": int(geometry.get("size_multiple", 2 ** depth)), "output": None}
+
+
+def check_model_contract(label: str, path: str, contract: dict, preset: str, bands: tuple[str, ...]) -> None:
+    """Refuse a model whose bands, input band count or output shape do not fit the run's band preset."""
+    if contract["bands"] is not None and tuple(contract["bands"]) != tuple(bands):
+        raise UserError(f"{label} {path}: takes bands {', '.join(contract['bands'])} (preset {contract['preset']}), "
+                        f"but --band_preset {preset} gives {', '.join(bands)}; run with --band_preset "
+                        f"{contract['preset'] or '…'} or another model")
+    inputs = contract.get("inputs")
+    if inputs is not None and (len(inputs) != 4 or inputs[-1] != len(bands)):
+        raise UserError(f"{label} {path}: its input is {inputs}, but --band_preset {preset} gives "
+                        f"(batch, H, W, {len(bands)}); a model of {len(bands)} input bands is needed")
+    output = contract.get("output")
+    if output is not None and (len(output) != 4 or output[-1] != 1):
+        raise UserError(f"{label} {path}: its output is {output}; expected (batch, H, W, 1): one mining probability per pixel")
+
+
+def check_exports_fit(label: str, path: str, contract: dict, probe, preset: str, bands: tuple[str, ...]) -> None:
+    """Refuse exports whose bands lack the model's, or whose record size the model cannot take (one record read)."""
+    missing = [b for b in bands if b not in probe.bands]
+    if missing:
+        raise UserError(f"{probe.shard}: lacks band(s) {', '.join(missing)} of --band_preset {preset} that {label} {path} "
+                        f"takes (the records have {', '.join(probe.bands)}): exported with another preset?")
+    extra = probe.side - probe.patch_size
+    if extra < 0 or extra % 2:
+        raise UserError(f"{probe.shard}: records are {probe.side}x{probe.side}, which is not the mixer's patch "
+                        f"{probe.patch_size} + an even kernel")
+    multiple = contract["size_multiple"]
+    if probe.side % multiple:
+        raise UserError(f"{probe.shard}: records are {probe.side}x{probe.side}, but {label} {path} takes sides that are "
+                        f"multiples of {multiple} (a U-Net of depth {multiple.bit_length() - 1})")
+
+
+def check_run_contract(config) -> None:
+    """Before reading: every model fits the band preset, and one export's records fit every model that reads it.
+
+    One record of the first asked export is read (`probe_export`); a run without a readable export goes on
+    (the read reports it per grid-year).
+    """
+    from pipeline.io.export_layout import export_dir_of
+    from pipeline.io.export_reader import probe_export
+
+    probe = None
+    for grid, year in config.grid_years():
+        probe = probe_export(export_dir_of(config.exports, grid, year), grid, year)
+        if probe is not None:
+            break
+    for route in config.routes:
+        label = "--model" if route.name == "national" else f"model '{route.name}' of --model_routing"
+        contract = model_contract(route.path)
+        if contract is None:
+            continue
+        check_model_contract(label, route.path, contract, config.band_preset, config.bands)
+        if probe is not None:
+            check_exports_fit(label, route.path, contract, probe, config.band_preset, config.bands)

@@ -58,6 +58,9 @@ class MiningMapperOptions(PipelineOptions):
         parser.add_argument("--export_nodata", default="-9999", help="comma list of values that mark masked pixels in the exports (besides NaN and a 0 in the first band)")
         parser.add_argument("--probability_band", action=SwitchAction, help="add the probability (p × 255) as a band of each COG")
         parser.add_argument("--origin_band", action=SwitchAction, help="add the gap-fill origin year (year − 1900) as a band of each COG")
+        parser.add_argument("--overwrite", action=SwitchAction, help="replace the outputs of an earlier run in --output: once this run's set is "
+                            "published, every COG, CSV and dead-letter file its summary does not list is removed (without it, a folder "
+                            "holding another run's outputs is refused)")
         parser.add_argument("--require_gpu", action=SwitchAction, help="fail at start-up when no GPU is visible to TensorFlow")
         parser.add_argument("--reuse_raw", default="", help="raw inference results to re-use (a folder of {grid}/{grid}_{year}.tif written by an earlier run): "
                             "grid-years whose result has the same fingerprint (model, band preset, export, inference precision) are neither "
@@ -157,11 +160,11 @@ def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | No
     if not grids or not years:
         discovered = discover_grid_years(view.exports) if discovered is None else discovered
         if not discovered and (not grids or not years):
-            raise UserError(f"{view.exports}: no exports found ({{grid}}/{{year}}/*mixer.json); give --grids and --years or check the path")
+            raise UserError(f"nothing to do: {view.exports}: no exports found ({{grid}}/{{year}}/*mixer.json); give --grids and --years or check the path")
         grids = grids or list(discovered)
         found = sorted({y for g in grids for y in discovered.get(g, [])})
         if not years and not found:
-            raise UserError(f"{view.exports}: no year found for grids {', '.join(grids)}")
+            raise UserError(f"nothing to do: {view.exports}: no year found for grids {', '.join(grids)}")
         # The span of the years found: a year missing in the middle is reported as skipped, not dropped.
         years = years or list(range(found[0], found[-1] + 1))
     span = list(range(min(years), max(years) + 1))
@@ -189,6 +192,7 @@ def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | No
         origin_band=view.origin_band == "true",
         require_gpu=view.require_gpu == "true",
         reuse_raw=_reuse_raw(view.reuse_raw, view.output.rstrip("/")),
+        overwrite=view.overwrite == "true",
     )
 
 

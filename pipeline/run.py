@@ -17,12 +17,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 from model.gpu import check_gpu
 from pipeline.console import QUIET, configure_logging, import_tensorflow_quietly, run_table, verbosity_of
-from pipeline.errors import UserError
+from pipeline.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE, UserError
 from pipeline.flags import HelpFormatter, check_run_argv
-from pipeline.io.filesystem import publish_atomically, read_bytes
+from pipeline.io.filesystem import local_or_remote, publish_atomically, read_bytes
+from pipeline.io.run_folder import claim_output, release_lock
 from pipeline.io.summary import RunSummary, command_line, now_utc
-from pipeline.modelcheck import check_models
-from pipeline.options import MiningMapperOptions, build_config
+from pipeline.modelcheck import check_models, check_run_contract
+from pipeline.options import MiningMapperOptions, build_config, discover_grid_years
 from transforms.job import MiningMapperJob, summary_path
 from transforms.metrics import NAMESPACE
 
@@ -33,7 +34,10 @@ def run(argv: Sequence[str] | None = None) -> dict:
     """Validate the options, run the pipeline, wait, and return the summary as a dict (local runs).
 
     Unknown flags and stray values are refused first (`pipeline.flags.check_run_argv`); the GPU (local
-    runs) and every model location are checked before anything is read.
+    runs), every model location, that there is something to do, and that the models fit the preset and
+    the exports' records (`check_run_contract`) are checked before anything is read; then the output
+    folder is claimed (`pipeline.io.run_folder.claim_output`: refused if it holds another run without
+    --overwrite, locked while the run writes).
     """
     arguments = check_run_argv(list(argv) if argv is not None else sys.argv[1:])
     options = PipelineOptions(arguments)
@@ -44,6 +48,17 @@ def run(argv: Sequence[str] | None = None) -> dict:
         check_gpu(options.view_as(MiningMapperOptions).require_gpu == "true")
     config = build_config(options)
     check_models(config.routes)
+    check_something_to_do(config)
+    check_run_contract(config)
+    lock = claim_output(config.output, "run", config.overwrite, clean=local)
+    try:
+        return _run_pipeline(options, arguments, argv, config, runner_name=standard.runner, local=local)
+    finally:  # a submitted job is not waited for: the lock guards the launch, the refusal holds for both
+        release_lock(lock)
+
+
+def _run_pipeline(options, arguments, argv, config, *, runner_name, local: bool) -> dict:
+    """Build and run the job (waiting for it on a local runner); the summary as a dict, or where it will be."""
     runner = None
     if local:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -51,7 +66,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         runner = FnApiRunner()
     else:
         options.view_as(SetupOptions).save_main_session = False
-    logging.getLogger(__name__).info("running %d grid(s) × %d year(s) on %s", len(config.grids), len(config.years), standard.runner or "FnApiRunner")
+    logging.getLogger(__name__).info("running %d grid(s) × %d year(s) on %s", len(config.grids), len(config.years), runner_name or "FnApiRunner")
     started = now_utc()
     recorded = command_line() if argv is None else ["mining-mapper", "run", *arguments]
     with beam.Pipeline(runner=runner, options=options) as pipeline:
@@ -67,6 +82,28 @@ def run(argv: Sequence[str] | None = None) -> dict:
         summary.precision_check = {"pixels": pixels, "class_changes": changed, "fraction": changed / pixels}
     publish_atomically({path: summary.to_json()})
     return summary.as_dict()
+
+
+def check_something_to_do(config) -> None:
+    """Refuse a run none of whose asked grid-years has an export (a usage error: nothing to do).
+
+    One listing of `{exports}/*/*/*mixer.json`; a run with at least one export goes ahead, and the
+    asked grid-years without one are reported as skipped in its summary.
+    """
+    found = discover_grid_years(config.exports)
+    if not any(year in found.get(grid, ()) for grid, year in config.grid_years()):
+        grids = ", ".join(config.grids[:10]) + (", …" if len(config.grids) > 10 else "")
+        years = f"{config.years[0]}-{config.years[-1]}"
+        raise UserError(f"nothing to do: {config.exports} holds no export (*mixer.json) for grid(s) {grids} in {years}; "
+                        "check --exports, --grids and --years")
+
+
+def exit_status(summary: dict) -> int:
+    """The exit status of a finished run: EXIT_FAILED when any grid-year failed, else EXIT_OK.
+
+    A submitted (not waited for) job has no counts yet and is EXIT_OK.
+    """
+    return EXIT_FAILED if summary.get("counts", {}).get("failed") else EXIT_OK
 
 
 def _job_id(result) -> str | None:
@@ -95,7 +132,8 @@ def print_help() -> None:
         description="Earth Engine TFRecord exports → U-Net inference → post-classification filters → COGs.",
         epilog="Beam's own flags pass through: --runner DataflowRunner --project … --region … --temp_location …; "
                "any other flag is refused. Every flag may be spelled with hyphens or underscores "
-               "(--band-preset = --band_preset); true/false flags are switches too (--origin-band, --no-origin-band).",
+               "(--band-preset = --band_preset); true/false flags are switches too (--origin-band, --no-origin-band). "
+               + EXIT_STATUS_HELP,
         formatter_class=HelpFormatter,
     )
     MiningMapperOptions._add_argparse_args(parser)
@@ -106,6 +144,10 @@ def print_help() -> None:
 
 def main(argv: Sequence[str] | None = None, verbosity: int | None = None) -> int:
     """Entry point of `python -m pipeline.run` and `mining-mapper run`: ends with the run's table.
+
+    Returns the exit status (`pipeline.errors`): 0 when every grid-year asked for was written or
+    skipped for want of an export, 3 when any failed (the summary is written all the same), 2 for a
+    usage error, including nothing to do.
 
     -v / -q may come anywhere in `argv` (they are not pipeline options); `verbosity` is the one the
     `mining-mapper` command already parsed.
@@ -123,14 +165,19 @@ def main(argv: Sequence[str] | None = None, verbosity: int | None = None) -> int
         summary = run(argv)
     except UserError as error:
         print(f"mining-mapper run: error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if verbosity > QUIET:
         if "grid_years" in summary:
             print(run_table(summary))
         else:
             job = f" job {summary['job']}" if summary.get("job") else ""
             print(f"submitted{job}; summary will be at {summary['summary']}")
-    return 0
+    status = exit_status(summary)
+    if status == EXIT_FAILED:
+        failed = summary["counts"]["failed"]
+        print(f"mining-mapper run: {failed} grid-year(s) failed; see {local_or_remote(summary['output'])}/summary.json "
+              "and dead_letter.jsonl", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

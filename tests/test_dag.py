@@ -82,6 +82,7 @@ def test_scheduled_run_processes_the_whole_series_up_to_last_year():
     assert launch["parameters"]["sdk_container_image"] == CONFIG["image"]
     assert launch["parameters"]["require_gpu"] == "true"
     assert launch["parameters"]["reuse_raw"] == "gs://my-bucket/cogs/2023/raw"  # last year's raw results
+    assert launch["parameters"]["overwrite"] == "true"  # a retry of the year's run replaces its output set
     assert all(isinstance(v, str) for v in launch["parameters"].values())
     environment = launch["environment"]
     assert environment["additionalExperiments"] == [

@@ -142,7 +142,7 @@ def test_pipeline_reads_and_writes_gs_paths(gcs, tmp_path, mode):
     time.sleep(1.1)  # the object's update time has a resolution of a second or finer
     gcs.bucket(EXPORTS_BUCKET).blob(touched).upload_from_filename(str(tmp_path / "exports" / touched.split("/exports/", 1)[1]))
     again = run(pipeline_args(f"gs://{EXPORTS_BUCKET}/{mode}/exports", output,
-                             f"gs://{MODEL_BUCKET}/{mode}/stand_in.keras", "--filter_mode", mode))
+                             f"gs://{MODEL_BUCKET}/{mode}/stand_in.keras", "--filter_mode", mode, "--overwrite"))
     assert again["inference"] == {"inferred": 1, "reused": len(YEARS) - 1}
     assert again["metrics"]["patches_read"] == again["metrics"]["patches_inferred"] + again["metrics"].get("patches_not_observed", 0) == 6
     status = {entry["year"]: entry for entry in again["grid_years"]}

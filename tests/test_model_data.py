@@ -167,6 +167,9 @@ def test_observed_mask_rules():
     image[0, 1, 1] = np.nan  # any band NaN
     image[1, 2, 1] = 0.0  # a zero in another band is a valid value
     assert observed_mask(image).tolist() == [[False, False, True], [True, True, True]]
+    image[1, 0, 1] = 3e38  # outside the stored range 0-255 of a byte band
+    image[1, 1, 0] = 255.0  # the top of the range is a valid value
+    assert observed_mask(image).tolist() == [[False, False, True], [False, True, True]]
 
 
 def test_augmentation_moves_image_and_label_together_and_is_seeded():

@@ -93,7 +93,7 @@ def test_every_grid_year_is_accounted_for(tmp_path, model_path):
 def test_rerun_overwrites_with_identical_files(tmp_path, model_path):
     stack = truth_stack(9)
     write_exports(tmp_path / "exports", stack)
-    args = pipeline_args(tmp_path / "exports", tmp_path / "out", model_path, "--years", "2000-2007")
+    args = pipeline_args(tmp_path / "exports", tmp_path / "out", model_path, "--years", "2000-2007", "--overwrite")
     run(args)
     first = {p: (tmp_path / "out" / "1010" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "1010")}
     run(args)

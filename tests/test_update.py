@@ -86,7 +86,7 @@ def test_update_infers_only_the_new_year_and_equals_a_fresh_run(tmp_path, model,
     generated.write_exports(exports, generated.truth_stack(7))
     first = run(pipeline_args(exports, tmp_path / "out", model, "--years", "1985-2022", *BANDS))
     assert inferred(first) == 38 * PATCHES_PER_YEAR and first["inference"] == {"inferred": 38, "reused": 0}
-    update = run(pipeline_args(exports, tmp_path / "out", model, "--years", "1985-2023", *BANDS))
+    update = run(pipeline_args(exports, tmp_path / "out", model, "--overwrite", "--years", "1985-2023", *BANDS))
     assert inferred(update) == PATCHES_PER_YEAR  # exactly 2023's patches
     assert update["metrics"]["patches_read"] == PATCHES_PER_YEAR and update["metrics"]["patches_reused"] == 38 * PATCHES_PER_YEAR
     assert update["inference"] == {"inferred": 1, "reused": 38} and update["format"] == "mining-mapper.run-summary/2"
@@ -102,7 +102,7 @@ def test_update_infers_only_the_new_year_and_equals_a_fresh_run(tmp_path, model,
     assert {y: e["fingerprint"] for y, e in years.items()} == {y: e["fingerprint"] for y, e in by_year(fresh).items()}
 
     # A threshold change infers nothing and equals a fresh run at that threshold.
-    again = run(pipeline_args(exports, tmp_path / "out", model, "--threshold", "0.3", *BANDS))
+    again = run(pipeline_args(exports, tmp_path / "out", model, "--overwrite", "--threshold", "0.3", *BANDS))
     assert inferred(again) == 0 and again["inference"] == {"inferred": 0, "reused": 39}
     fresh03 = run(pipeline_args(exports, tmp_path / "fresh03", model, "--threshold", "0.3", "--reuse_raw", "off", *BANDS))
     assert inferred(fresh03) == 39 * PATCHES_PER_YEAR
@@ -117,7 +117,7 @@ def test_a_new_model_invalidates_every_grid_year_and_a_touched_export_only_its_o
     shard = exports / "1010" / "2003" / "mining_1010_2003-00000.tfrecord.gz"
     stat = shard.stat()
     os.utime(shard, (stat.st_atime, stat.st_mtime + 60))
-    touched = run(pipeline_args(exports, tmp_path / "out", own))
+    touched = run(pipeline_args(exports, tmp_path / "out", own, "--overwrite"))
     assert inferred(touched) == PATCHES_PER_YEAR and touched["inference"] == {"inferred": 1, "reused": 7}
     assert "fingerprint differs" in by_year(touched)[2003]["inference_reason"]
     # Replacing the model file (other weights, same path) invalidates every grid-year.
@@ -127,7 +127,7 @@ def test_a_new_model_invalidates_every_grid_year_and_a_touched_export_only_its_o
     weights, bias = replaced.layers[-1].get_weights()
     replaced.layers[-1].set_weights([weights, bias - 1.0])
     replaced.save(own)
-    renewed = run(pipeline_args(exports, tmp_path / "out", own))
+    renewed = run(pipeline_args(exports, tmp_path / "out", own, "--overwrite"))
     assert inferred(renewed) == len(YEARS) * PATCHES_PER_YEAR and renewed["inference"] == {"inferred": 8, "reused": 0}
     assert all("fingerprint differs" in e["inference_reason"] for e in renewed["grid_years"])
 
@@ -141,7 +141,7 @@ def test_truncated_or_foreign_raw_results_are_re_inferred_and_the_summary_says_w
     with open(truncated, "wb") as handle:
         handle.write(good[: len(good) // 2])
     shutil.copy(out / "1010" / "1010_2005.tif", raw_path(str(out / "raw"), "1010", 2005))  # a classification COG
-    summary = run(pipeline_args(exports, out, model))
+    summary = run(pipeline_args(exports, out, model, "--overwrite"))
     assert inferred(summary) == 2 * PATCHES_PER_YEAR and summary["inference"] == {"inferred": 2, "reused": 6}
     years = by_year(summary)
     assert years[2004]["inference"] == "inferred" and truncated in years[2004]["inference_reason"]

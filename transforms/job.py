@@ -18,7 +18,9 @@ from pipeline.config import RunConfig
 from pipeline.elements import DeadLetter
 from pipeline.io.filesystem import absolute_uri, publish_atomically
 from pipeline.elements import GridYearStatus
-from pipeline.io.summary import RunSummary, account, now_utc
+from pipeline.io.run_folder import DEAD_LETTER_NAME, raw_files, remove_stale
+from pipeline.io.summary import SUMMARY_NAME, RunSummary, account, now_utc
+from transforms.consistency import RefuseContradictingExports, drop_refused
 from transforms.filtering import FilterTiles
 from transforms.inference import ClassifyPatches
 from transforms.progress import LogProgress
@@ -64,28 +66,40 @@ def run_parameters(config: RunConfig) -> dict:
 
 def summary_path(config: RunConfig) -> str:
     """Where the run's summary goes."""
-    return f"{config.output}/summary.json"
+    return f"{config.output}/{SUMMARY_NAME}"
 
 
 def write_run_files(statuses: list[GridYearStatus], dead_letters: list[DeadLetter], config: RunConfig, started: str,
                     command_line: Sequence[str]) -> str:
-    """Publish summary.json (every grid-year asked for) and dead_letter.jsonl together; returns the summary path."""
+    """Publish summary.json (every grid-year asked for, with the run's manifest) and dead_letter.jsonl together,
+    then remove the files of an earlier run that the manifest does not list (`run_folder.remove_stale`:
+    a grid-year that failed this time keeps no older map); returns the summary path."""
+    grid_years = account(statuses, config.grid_years())
     summary = RunSummary(
         command="run",
         output=absolute_uri(config.output),
         parameters=run_parameters(config),
-        grid_years=account(statuses, config.grid_years()),
+        grid_years=grid_years,
         started=started,
         finished=now_utc(),
         command_line=list(command_line),
         dead_letters=len(dead_letters),
+        outputs=run_manifest(config.output, grid_years),
     )
     ordered = sorted(dead_letters, key=lambda d: (d.grid, d.year, d.file, -1 if d.record is None else d.record))
     publish_atomically({
         summary_path(config): summary.to_json(),
-        f"{config.output}/dead_letter.jsonl": "".join(d.to_json() + "\n" for d in ordered).encode(),
+        f"{config.output}/{DEAD_LETTER_NAME}": "".join(d.to_json() + "\n" for d in ordered).encode(),
     })
+    remove_stale(config.output, summary.outputs)
     return summary_path(config)
+
+
+def run_manifest(output: str, grid_years: Sequence[GridYearStatus]) -> list[str]:
+    """Every file the run leaves in `output`, relative to it: written COGs, dead letters, summary, raw results."""
+    prefix = output.rstrip("/") + "/"
+    cogs = [s.path[len(prefix):] for s in grid_years if s.status == "written" and s.path and s.path.startswith(prefix)]
+    return sorted({*cogs, DEAD_LETTER_NAME, SUMMARY_NAME, *raw_files(output)})
 
 
 class MiningMapperJob(beam.PTransform):
@@ -108,15 +122,18 @@ class MiningMapperJob(beam.PTransform):
             config.exports, config.grid_years(), config.bands, config.export_nodata, reshuffle=False,
             per_export=config.large_tiles,
         )
-        inferred = read[PATCHES] | "Classify" >> ClassifyPatches(config=config)
+        geometry = (read[GEOMETRY], decided[REUSED_GEOMETRY]) | "With reused geometry" >> beam.Flatten()
+        # A grid's years are checked against each other, reused ones included (they are the majority in an update).
+        contradictions = geometry | "Check geometries" >> RefuseContradictingExports(exports_root=config.exports)
+        inferred = drop_refused(read[PATCHES] | "Classify" >> ClassifyPatches(config=config), contradictions)
+        dead_letter = (read[DEAD_LETTER], contradictions) | "All dead letters" >> beam.Flatten()
         _ = {
             "patches": inferred,
             "geometry": read[GEOMETRY],
-            "dead_letter": read[DEAD_LETTER],
+            "dead_letter": dead_letter,
             "decision": decided[DECISIONS],
         } | "Write raw results" >> WriteRawResults(output=config.output)
         classified = (inferred, decided[REUSED_PATCHES]) | "With reused patches" >> beam.Flatten()
-        geometry = (read[GEOMETRY], decided[REUSED_GEOMETRY]) | "With reused geometry" >> beam.Flatten()
         tiles = classified | "Filter" >> FilterTiles(
             years=config.years,
             params=config.filter_params,
@@ -128,7 +145,7 @@ class MiningMapperJob(beam.PTransform):
             TILES: tiles,
             GEOMETRY: geometry,
             MISSING: read[MISSING],
-            DEAD_LETTER: read[DEAD_LETTER],
+            DEAD_LETTER: dead_letter,
         } | "Write" >> WriteGridYears(
             output=config.output,
             years=config.years,
@@ -138,7 +155,7 @@ class MiningMapperJob(beam.PTransform):
         )
         statuses = {"status": written, "decision": decided[DECISIONS]} | "Inferred or reused" >> AnnotateInference()
         _ = statuses | "Progress" >> LogProgress(config.grid_years())
-        dead_letters = read[DEAD_LETTER] | "Dead letters" >> beam.Values()
+        dead_letters = dead_letter | "Dead letters" >> beam.Values()
         (
             statuses
             | "Collect statuses" >> beam.combiners.ToList()

@@ -44,6 +44,7 @@ class _ReadExportFn(beam.DoFn):
         self._fill = fill_value
         self._patches = Metrics.counter(READ_NAMESPACE, "patches_read")
         self._not_observed = Metrics.counter(READ_NAMESPACE, "not_observed_pixels")
+        self._out_of_range = Metrics.counter(READ_NAMESPACE, "out_of_range_pixels")
         self._dead = Metrics.counter(READ_NAMESPACE, "dead_letters")
         self._missing = Metrics.counter(READ_NAMESPACE, "missing_exports")
         self._exports = Metrics.counter(READ_NAMESPACE, "exports_read")
@@ -60,6 +61,8 @@ class _ReadExportFn(beam.DoFn):
                 self._patches.inc()
                 _, core_observed = event.core()
                 self._not_observed.inc(int(core_observed.size - int(core_observed.sum())))
+                if event.out_of_range:
+                    self._out_of_range.inc(event.out_of_range)
                 if self._per_export:
                     patches.append(event)
                 else:
@@ -91,7 +94,8 @@ class ReadEarthEngineExports(beam.PTransform):
         cannot be placed, and record-count mismatch with the mixer (the file and the reason);
       - "missing": (GridYearKey, MissingExport) when the export folder or its mixer is absent.
     Metrics (namespace "mining_mapper.read"): patches_read, not_observed_pixels (in the unbuffered
-    patches), dead_letters, missing_exports, exports_read.
+    patches), out_of_range_pixels (of those, the ones with a band outside the preset's stored range),
+    dead_letters, missing_exports, exports_read.
 
     `per_export` puts one (GridYearKey, GridYearRecords) per export on "patches" instead of one element
     per record (large-tile inference assembles each grid-year; the records stay on the worker that read them).

@@ -33,6 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--c9-backfill-from-index", type=int, default=32, help="c9-code gap fill: first year index that back-fills from earlier years (default 32, as published)")
     parser.add_argument("--origin-band", action="store_true", help="add a second band with the gap-fill origin year (year − 1900; 255 none)")
     parser.add_argument("--grid", default=None, help="grid id recorded in the output tags")
+    parser.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in --output: once this run's "
+                        "COGs, areas.csv and summary.json are published, every COG or CSV of ours they do not list is removed "
+                        "(without it, a folder holding another run's outputs is refused)")
     parser.add_argument("--prefix", default="mining", help="output file name prefix: PREFIX_YEAR.tif (default 'mining')")
 
 
@@ -47,16 +50,16 @@ def _progress(quiet: bool):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Read, filter, and publish the COGs, areas.csv and summary.json all at once (or nothing)."""
-    from pipeline.method.areas import PixelAreas, hectares_per_year
+    """Read, filter, and publish the COGs, areas.csv and summary.json all at once (or nothing).
+
+    The output folder is one run (`pipeline.io.run_folder`): another run's folder is refused without
+    --overwrite, the folder is locked while this run writes, and with --overwrite whatever of ours the new
+    summary's manifest does not list is removed once the new set is published.
+    """
     from pipeline.errors import UserError
-    from pipeline.method.filters import STAGES, FilterParams, apply_chain
-    from pipeline.ranges import parse_years
-    from pipeline.contract import origin_to_band
-    from pipeline.io.cog import classification_bands, encode_cog
-    from pipeline.io.filesystem import absolute_uri, join, publish_atomically
-    from pipeline.io.summary import GridYearStatus, RunSummary, command_line, now_utc
-    from pipeline.io.rasters import find_annual_rasters, read_class_series
+    from pipeline.method.filters import FilterParams
+    from pipeline.io.run_folder import claim_output, release_lock
+    from pipeline.io.summary import now_utc
 
     say = _progress(args.quiet)
     started = now_utc()
@@ -64,6 +67,24 @@ def run(args: argparse.Namespace) -> int:
         params = FilterParams.from_arguments(args, mode=args.filter_mode)
     except ValueError as error:
         raise UserError(str(error)) from None
+    lock = claim_output(args.output, "filter", args.overwrite)
+    try:
+        return _filter(args, params, started, say)
+    finally:
+        release_lock(lock)
+
+
+def _filter(args: argparse.Namespace, params, started: str, say) -> int:
+    """The filter run proper, once the output folder is ours."""
+    from pipeline.method.areas import PixelAreas, hectares_per_year
+    from pipeline.method.filters import STAGES, apply_chain
+    from pipeline.ranges import parse_years
+    from pipeline.contract import origin_to_band
+    from pipeline.io.cog import classification_bands, encode_cog
+    from pipeline.io.filesystem import absolute_uri, join, publish_atomically
+    from pipeline.io.run_folder import AREAS_NAME, raw_files, remove_stale
+    from pipeline.io.summary import SUMMARY_NAME, GridYearStatus, RunSummary, command_line, now_utc
+    from pipeline.io.rasters import find_annual_rasters, read_class_series
 
     rasters = find_annual_rasters(args.inputs, parse_years(args.years))
     years = list(rasters)
@@ -105,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         outputs[join(args.output, f"{args.prefix}_{year}.tif")] = encode_cog(
             bands, series.crs, series.transform, tags, descriptions
         )
-    outputs[join(args.output, "areas.csv")] = _areas_csv(years, hectares)
+    outputs[join(args.output, AREAS_NAME)] = _areas_csv(years, hectares)
     grid = args.grid or args.prefix
     summary = RunSummary(
         command="filter",
@@ -133,10 +154,14 @@ def run(args: argparse.Namespace) -> int:
         started=started,
         finished=now_utc(),
         command_line=command_line(),
+        outputs=sorted({*(f"{args.prefix}_{year}.tif" for year in years), AREAS_NAME, SUMMARY_NAME, *raw_files(args.output)}),
     )
-    outputs[join(args.output, "summary.json")] = summary.to_json()
+    outputs[join(args.output, SUMMARY_NAME)] = summary.to_json()
     say(f"writing {len(years)} COGs, areas.csv and summary.json to {args.output}")
     publish_atomically(outputs)
+    stale = remove_stale(args.output, summary.outputs)
+    if stale:
+        say(f"removed {len(stale)} file(s) of the earlier run: {', '.join(stale[:5])}{' …' if len(stale) > 5 else ''}")
     say(f"done: {len(years)} years; mining {hectares['input'].sum() / len(years):.1f} ha/yr before, "
         f"{hectares['frequency'].sum() / len(years):.1f} ha/yr after")
     print(args.output)

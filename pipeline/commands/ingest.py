@@ -13,7 +13,7 @@ def configure(parser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cogs", nargs="+", metavar="URI", help="gs:// URIs of the COGs (.../GRID/YEAR/NAME.tif)")
     source.add_argument("--cogs-list", metavar="FILE", help="a file of COG URIs, one a line")
-    source.add_argument("--cogs-prefix", metavar="gs://BUCKET/PATH", help="ingest every .tif under this prefix")
+    source.add_argument("--cogs-prefix", metavar="gs://BUCKET/PATH", help="ingest every .tif under this prefix; a run's output folder (with a summary.json) gives the COGs its manifest lists")
     parser.add_argument("--collection", required=True, help="ImageCollection asset id, projects/P/assets/PATH")
     parser.add_argument("--model", help="model name recorded on every image (or from the COG tags)")
     parser.add_argument("--threshold", type=float, help="probability threshold recorded on every image")
@@ -41,7 +41,11 @@ def preflight_paths(args) -> tuple[list[str], list[str]]:
 
 
 def cog_uris(args) -> list[str]:
-    """The COG URIs named by --cogs, --cogs-list or --cogs-prefix (listing the bucket for the last)."""
+    """The COG URIs named by --cogs, --cogs-list or --cogs-prefix (listing the bucket for the last).
+
+    A prefix that is a run's output folder (it holds a summary.json with a manifest) gives the COGs the
+    manifest lists, so no COG of an earlier run lying there is ingested.
+    """
     from pathlib import Path
 
     from pipeline.earthengine import storage
@@ -58,6 +62,13 @@ def cog_uris(args) -> list[str]:
         uris = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
         if not uris:
             raise UserError(f"{path}: no COG URI in the file")
+        return uris
+    from pipeline.io.rasters import manifest_rasters
+
+    uris = manifest_rasters(args.cogs_prefix)
+    if uris is not None:
+        if not uris:
+            raise UserError(f"{args.cogs_prefix}: the run's summary.json lists no COG")
         return uris
     uris = storage.list_uris(storage.default_client(args.project), args.cogs_prefix)
     if not uris:

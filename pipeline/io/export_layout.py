@@ -195,3 +195,44 @@ def list_export(export_dir: str) -> tuple[str, list[str]]:
     names = [n for _, n in sorted(shards)] + unnumbered
     return _join(export_dir, mixer), [_join(export_dir, n) for n in names]
 
+
+
+def _layout(geometry: ExportGeometry) -> tuple:
+    """What every year of a grid must share so that its tiles line up across years (not the kernel)."""
+    return (geometry.crs, tuple(geometry.transform), geometry.patch_size, geometry.patches_per_row, geometry.total_patches)
+
+
+def _describe_layout(geometry: ExportGeometry) -> str:
+    return (f"patchDimensions {geometry.patch_size}, patchesPerRow {geometry.patches_per_row}, "
+            f"totalPatches {geometry.total_patches}, {geometry.crs} origin "
+            f"({geometry.transform[2]:.6f}, {geometry.transform[5]:.6f})")
+
+
+def contradicting_years(geometries) -> dict[tuple[str, int], str]:
+    """(grid, year) → why, for every export whose mixer contradicts the rest of its grid.
+
+    The temporal filters stack a tile across the years, so every year of a grid must have the same
+    projection, origin, patch size and patch layout. The layout most years share is the grid's (a tie
+    goes to the earliest year's); an export with another one has a mixer that contradicts the
+    records of its grid (e.g. a wrong `patchDimensions`, which would otherwise crop its records to
+    the wrong patch): it is refused, named in the reason, and the grid's other years go on.
+    """
+    by_grid: dict[str, list[ExportGeometry]] = {}
+    for geometry in geometries:
+        by_grid.setdefault(str(geometry.grid), []).append(geometry)
+    refused: dict[tuple[str, int], str] = {}
+    for grid, members in by_grid.items():
+        members.sort(key=lambda g: int(g.year))
+        votes: dict[tuple, list[ExportGeometry]] = {}
+        for geometry in members:
+            votes.setdefault(_layout(geometry), []).append(geometry)
+        reference = max(votes.values(), key=lambda group: (len(group), -int(group[0].year)))[0]
+        agreeing = len(votes[_layout(reference)])
+        for geometry in members:
+            if _layout(geometry) != _layout(reference):
+                refused[(grid, int(geometry.year))] = (
+                    f"the mixer ({_describe_layout(geometry)}; records {geometry.record_side}x{geometry.record_side}) "
+                    f"contradicts grid {grid}'s other exports ({_describe_layout(reference)}; records "
+                    f"{reference.record_side}x{reference.record_side}, in {agreeing} year(s) from {reference.year})"
+                )
+    return refused

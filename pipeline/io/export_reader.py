@@ -19,7 +19,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from pipeline.contract import DEFAULT_NODATA, band_observed
+from pipeline.contract import DEFAULT_NODATA, band_observed, crop_buffer, outside_stored_range
 from pipeline.elements import DeadLetter, ExportGeometry, ExportPatch, MissingExport, ReadEvent
 from pipeline.errors import ExportError, MissingExportError, RecordError, ShardError
 from pipeline.io.example import decode_example
@@ -87,7 +87,7 @@ def arrays_from_features(
             )
         out[..., i] = values.reshape(record_side, record_side)
         # DESIGN §2's rule (`pipeline.contract.observed_pixels`), one contiguous band at a time
-        observed &= band_observed(values, first_band=i == 0, nodata_values=nodata)
+        observed &= band_observed(values, first_band=i == 0, nodata_values=nodata, band=band)
     observed = observed.reshape(record_side, record_side)
     if fill_value is not None:
         out[~observed] = fill_value
@@ -161,6 +161,36 @@ class _Reader:
         except ShardError:
             return
 
+    def vote_kernel(self, paths: Sequence[str]) -> None:
+        """Set the kernel from the record size most shards share, so a shard of the wrong size is the one blamed.
+
+        One record is read from each shard; the side most shards have wins, a tie goes to the side with
+        more records (only then are the tied shards' frames counted), and a remaining tie to the first
+        shard's. Without this, the first shard read would set the size and its intact siblings would be
+        dead-lettered instead of it. A side that cannot be patch + an even kernel is left to the
+        per-record checks (every record then says why).
+        """
+        if self.kernel is not None:
+            return
+        sides: dict[int, list[str]] = {}
+        for path in paths:
+            side = _first_record_side(path, self.bands)
+            if side is not None:
+                sides.setdefault(side, []).append(path)
+        if not sides:
+            return
+        most = max(len(p) for p in sides.values())
+        tied = [side for side, p in sides.items() if len(p) == most]
+        if len(tied) > 1:
+            records = {side: sum(_count_frames(p)[0] for p in sides[side]) for side in tied}
+            top = max(records.values())
+            tied = [side for side in tied if records[side] == top]
+        order = {path: i for i, path in enumerate(paths)}
+        side = min(tied, key=lambda s: order[sides[s][0]])
+        extra = side - self.geometry.patch_size
+        if extra >= 0 and extra % 2 == 0:
+            self.kernel = extra
+
     def patch(self, data: bytes, index: int, source: str) -> ExportPatch:
         """An ExportPatch from one record's bytes (RecordError if it is not a usable patch)."""
         features = decode_example(data, source)
@@ -168,9 +198,13 @@ class _Reader:
         bands, observed = arrays_from_features(
             features, self.bands, side, self.nodata_values, fill_value=self.fill_value, source=source
         )
+        outside = np.zeros(observed.shape, dtype=bool)
+        for band in self.bands:
+            outside |= outside_stored_range(features[band], band, self.nodata_values).reshape(observed.shape)
         row, col = divmod(index, self.geometry.patches_per_row)
         g = self.geometry
-        return ExportPatch(g.grid, g.year, index, row, col, self.kernel, bands, observed)
+        return ExportPatch(g.grid, g.year, index, row, col, self.kernel, bands, observed,
+                           int(crop_buffer(outside, self.kernel).sum()))
 
 
 def _count_frames(path: str) -> tuple[int, str | None]:
@@ -182,6 +216,53 @@ def _count_frames(path: str) -> tuple[int, str | None]:
     except ShardError as error:
         return error.records_read, str(error)
     return count, None
+
+
+def _first_record_side(path: str, bands: Sequence[str]) -> int | None:
+    """The record side of a shard's first decodable record (None when it has none)."""
+    try:
+        for item in read_shard(path):
+            if isinstance(item, bytes):
+                try:
+                    return record_side_of(decode_example(item, path), bands, path)
+                except RecordError:
+                    return None
+    except ShardError:
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class RecordProbe:
+    """What one record of an export holds: its shard, the export's patch size, the bands and the record side."""
+
+    shard: str
+    patch_size: int
+    bands: tuple[str, ...]
+    side: int
+
+
+def probe_export(export_dir: str, grid: str, year: int) -> RecordProbe | None:
+    """The first decodable record of an export, for the checks made before a run reads anything.
+
+    None when the export is absent or has no readable record (the read reports those as usual).
+    """
+    try:
+        mixer_path, shards = list_export(export_dir)
+        geometry = parse_mixer(mixer_path, grid, year)
+    except ExportError:
+        return None
+    for path in shards:
+        try:
+            for item in read_shard(path):
+                if isinstance(item, bytes):
+                    features = decode_example(item, path)
+                    first = next(iter(features.values()), None)
+                    side = math.isqrt(first.size) if first is not None else 0
+                    return RecordProbe(path, geometry.patch_size, tuple(sorted(features)), side)
+        except (ShardError, RecordError):
+            continue
+    return None
 
 
 def _first_record_length(paths: Sequence[str]) -> int | None:
@@ -285,6 +366,8 @@ def read_export(
 
     numbers = [shard_number(p) for p in shards]
     gap_at = next((i for i, n in enumerate(numbers) if n is not None and n != i), len(shards))
+    if len(shards) > 1:
+        reader.vote_kernel(shards)
     index: int | None = 0  # None once a broken shard's record count is unknown
     blocked_by = ""
     for i, path in enumerate(shards[:gap_at]):

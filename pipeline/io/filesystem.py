@@ -141,6 +141,16 @@ def size_of(path: str) -> int:
     return found[0][1]
 
 
+def delete(paths: list[str]) -> None:
+    """Delete files, local or gs:// (a UserError naming the first that cannot be deleted)."""
+    if not paths:
+        return
+    try:
+        _filesystems().delete([str(p) for p in paths])
+    except Exception as error:  # noqa: BLE001 - Beam wraps per-file causes in BeamIOError
+        raise UserError(f"{paths[0]}: cannot delete ({error})") from None
+
+
 def open_read(path: str):
     """A binary stream on a file, read as stored (no decompression: callers inflate gzip themselves)."""
     from apache_beam.io.filesystem import CompressionTypes

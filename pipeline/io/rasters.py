@@ -211,12 +211,17 @@ def _match_remote(pattern: str) -> list[str]:
 def list_rasters(inputs: Sequence[str]) -> list[str]:
     """Expand files, folders (searched recursively) and glob patterns, local or gs://, into GeoTIFF paths.
 
-    Hidden files (a leading '.', e.g. the temporaries of an interrupted publish) are skipped.
+    Hidden files (a leading '.', e.g. the temporaries of an interrupted publish) are skipped. A folder
+    that holds a run's summary.json with a manifest gives the rasters the manifest lists (an output folder
+    is one run: nothing else lying there is counted), except the `raw/` inference results.
     """
     found: list[str] = []
     for item in inputs:
         item = str(item)
-        if is_remote(item):
+        listed = manifest_rasters(item)
+        if listed is not None:
+            matches = listed
+        elif is_remote(item):
             if item.endswith(RASTER_SUFFIXES) and not any(ch in item for ch in "*?["):
                 found.append(item)
                 continue
@@ -239,6 +244,25 @@ def list_rasters(inputs: Sequence[str]) -> list[str]:
             raise UserError(f"{item}: holds no GeoTIFF (*.tif, *.tiff)")
         found.extend(matches)
     return list(dict.fromkeys(found))
+
+
+def manifest_rasters(item: str) -> list[str] | None:
+    """The rasters a run folder's manifest lists (raw/ excluded), or None when `item` is not such a folder.
+
+    Why: an output folder is one run; its summary says which COGs are the run's (`stats`, `report` and
+    `ingest` read those, never a stray file of an earlier run).
+    """
+    from pipeline.io.summary import manifest_files
+
+    if item.endswith(RASTER_SUFFIXES) or any(ch in item for ch in "*?["):
+        return None
+    if not is_remote(item) and not os.path.isdir(item):
+        return None
+    listed = manifest_files(item)
+    if listed is None:
+        return None
+    prefix = item.rstrip("/") + "/"
+    return [p for p in listed if p.endswith(RASTER_SUFFIXES) and not p[len(prefix):].startswith("raw/")]
 
 
 @dataclasses.dataclass(frozen=True)

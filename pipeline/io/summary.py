@@ -5,6 +5,11 @@ Every (grid, year) asked for has one `GridYearStatus`: written (its COG, mining 
 hectares after each filter stage), skipped and why, or failed and why. Paths are absolute URIs, numbers
 are numbers, and the file says which format version it is (`format`), which command and software made
 it, with what command line, from when to when.
+
+`outputs` is the run's manifest: every file of the run, relative to its output folder (the COGs,
+`dead_letter.jsonl` or `areas.csv`, `summary.json` itself, and the `raw/` inference results a later run
+reuses, when there are any). An output folder is one run: `stats`, `report` and `ingest` read what the
+manifest lists (`manifest_files`), and `pipeline.io.run_folder` removes what it does not list.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ class RunSummary:
     inputs: dict[str, str] = dataclasses.field(default_factory=dict)
     precision_check: dict[str, float] | None = None
     """With `run --precision_check`: observed pixels compared with float32, class changes, their fraction."""
+    outputs: list[str] = dataclasses.field(default_factory=list)
     format: str = FORMAT
 
     @property
@@ -85,6 +91,7 @@ class RunSummary:
             "dead_letters": self.dead_letters,
             "metrics": dict(self.metrics),
             **({"precision_check": self.precision_check} if self.precision_check is not None else {}),
+            "outputs": sorted(self.outputs),
             "grid_years": [entry.to_record() for entry in self.grid_years],
         }
 
@@ -113,6 +120,7 @@ class RunSummary:
                 inputs=dict(data.get("inputs", {})),
                 precision_check=data.get("precision_check"),
                 format=str(data["format"]),
+                outputs=[str(name) for name in data.get("outputs", [])],
             )
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"{source}: malformed run summary ({error})") from None
@@ -125,6 +133,26 @@ class RunSummary:
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise UserError(f"{source}: not valid JSON ({error})") from None
         return cls.from_dict(data, source)
+
+
+SUMMARY_NAME = "summary.json"
+
+
+def manifest_files(folder: str) -> list[str] | None:
+    """The files of the run in `folder` as its summary's manifest lists them (paths joined to the folder).
+
+    None when the folder has no summary.json (or one of an older run without a manifest): the caller
+    then looks at the folder's files. A summary that is not this schema is a UserError naming it.
+    """
+    from pipeline.io import filesystem
+
+    path = filesystem.join(str(folder), SUMMARY_NAME)
+    if not filesystem.exists(path):
+        return None
+    summary = RunSummary.from_json(filesystem.read_bytes(path), path)
+    if not summary.outputs:
+        return None
+    return [filesystem.join(str(folder), *name.split("/")) for name in sorted(summary.outputs)]
 
 
 def account(statuses: Sequence[GridYearStatus], asked: Sequence[tuple[str, int]]) -> list[GridYearStatus]:

@@ -58,7 +58,7 @@ TEMPLATE_PARAMETERS = (
     "exports", "output", "grids", "years", "model", "model_routing", "band_preset", "threshold", "filter_mode",
     "min_component_size", "spatial_window", "backfill_limit", "frequency_cut", "c9_backfill_from_index",
     "spatial_filter", "min_batch_size", "max_batch_size", "inference_tile", "inference_precision", "precision_check",
-    "inference_memory_gb", "export_nodata", "probability_band", "origin_band", "require_gpu", "reuse_raw",
+    "inference_memory_gb", "export_nodata", "probability_band", "origin_band", "overwrite", "require_gpu", "reuse_raw",
 )
 BEAM_PARAMETERS = ("sdk_container_image",)
 
@@ -144,6 +144,8 @@ def flex_template_body(config: Mapping[str, Any], exports: str, output: str, gri
         "probability_band": str(bool(config["probability_band"])).lower(),
         "origin_band": str(bool(config["origin_band"])).lower(),
         "require_gpu": str(gpu).lower(),
+        # the DAG owns gs://…/{output_prefix}/{last_year}: a retry or a re-run of that year replaces its set
+        "overwrite": "true",
         "sdk_container_image": config["image"],
     }
     if config["model_routing"]:
