@@ -41,6 +41,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     """
     arguments = check_run_argv(list(argv) if argv is not None else sys.argv[1:])
     options = PipelineOptions(arguments)
+    probe_cloud_paths(options)
     standard = options.view_as(StandardOptions)
     local = standard.runner in LOCAL_RUNNERS
     if local:  # inference runs in this process: check before reading anything
@@ -104,6 +105,22 @@ def exit_status(summary: dict) -> int:
     A submitted (not waited for) job has no counts yet and is EXIT_OK.
     """
     return EXIT_FAILED if summary.get("counts", {}).get("failed") else EXIT_OK
+
+
+def probe_cloud_paths(options: PipelineOptions) -> None:
+    """Probe every gs:// input (list) and output (write) once before anything else, so that missing network or
+    credentials is one line within seconds instead of minutes of retries deep in the pipeline."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    from pipeline.preflight import probe_storage
+
+    view, cloud = options.view_as(MiningMapperOptions), options.view_as(GoogleCloudOptions)
+    reuse = view.reuse_raw if view.reuse_raw not in (None, "", "off") else None
+    probe_storage(
+        [view.exports, view.model, view.model_routing or None, reuse],
+        [view.output, cloud.temp_location, cloud.staging_location],
+        project=cloud.project,
+    )
 
 
 def _job_id(result) -> str | None:

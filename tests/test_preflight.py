@@ -121,6 +121,22 @@ def test_command_with_unreachable_output_fails_before_work_within_30_s(closed_en
     assert line.startswith(f"mining-mapper stats: error: gs://mm-out/stats: cannot reach Cloud Storage at {closed_endpoint}")
 
 
+def test_run_with_unreachable_exports_fails_before_the_pipeline_within_30_s(closed_endpoint, tmp_path, monkeypatch):
+    import pipeline.run as run_module
+
+    def trap(*args, **kwargs):
+        raise AssertionError("the pipeline was built although Cloud Storage cannot be reached")
+
+    monkeypatch.setattr(run_module, "MiningMapperJob", trap)
+    started = time.monotonic()
+    code, out, err = run_cli("run", "--exports", "gs://mm-in/exports", "--output", str(tmp_path / "out"),
+                             "--model", str(tmp_path / "model.keras"), "--grids", "1", "--years", "2000")
+    assert time.monotonic() - started < BOUND_S
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"mining-mapper run: error: gs://mm-in/exports: cannot reach Cloud Storage at {closed_endpoint}")
+
+
 def test_command_probes_the_paths_it_declares_before_it_runs(tmp_path, monkeypatch):
     probed = []
     monkeypatch.setattr(preflight, "probe_storage", lambda i, o, **k: probed.append((list(i), list(o))))
