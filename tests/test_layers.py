@@ -17,7 +17,7 @@ from tests.support.imports import REPO_ROOT, import_edges
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     # 0: shared vocabulary, no dependencies beyond the standard library and numpy
-    ("pipeline.errors", "pipeline.contract", "pipeline.ranges", "pipeline.elements", "pipeline"),
+    ("pipeline.errors", "pipeline.contract", "pipeline.ranges", "pipeline.elements", "pipeline.lazy", "pipeline"),
     # 1: the method (pure functions), formats and storage, the run's configuration
     ("pipeline.method", "pipeline.io", "pipeline.config"),
     # 2: the U-Net, Earth Engine, the products and the sample generator, each over layers 0-1

@@ -1,1 +1,18 @@
-"""Beam PTransforms: thin shells over the pure functions in `pipeline`."""
+"""Beam PTransforms: thin shells over the pure functions in `pipeline`; `MiningMapperJob` is the whole job.
+
+    with beam.Pipeline() as p:
+        statuses = p | MiningMapperJob(config=build_config(options))
+"""
+from pipeline.lazy import lazy_exports
+
+__all__, __getattr__ = lazy_exports(__name__, {
+    "MiningMapperJob": "transforms.job",
+    "ReadEarthEngineExports": "transforms.read",
+    "ClassifyPatches": "transforms.inference",
+    "PatchModelHandler": "transforms.inference",
+    "GridYearModelHandler": "transforms.inference",
+    "FilterTiles": "transforms.filtering",
+    "WriteGridYears": "transforms.write",
+    "WriteRawResults": "transforms.raw",
+    "DecideRawReuse": "transforms.raw",
+})
