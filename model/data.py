@@ -438,28 +438,33 @@ def no_split(infos: Sequence[FileInfo], validation: Sequence[FileInfo] = ()) -> 
 # Pure array/tensor functions
 
 
-def observed_mask(image: np.ndarray) -> np.ndarray:
+def observed_mask(image: np.ndarray, stored_range: tuple[float, float] | None = STORED_RANGE) -> np.ndarray:
     """Pixels with a valid mosaic value: `pipeline.contract.observed_pixels`, the rule inference uses too.
 
     Training images hold preset bands only, so every band is held to the stored range 0-255 as the
-    pipeline's reader holds the preset's bands (a 3e38 is not observed, in training as in inference).
+    pipeline's reader holds the preset's bands (a 3e38 is not observed, in training as in inference);
+    `stored_range=None` for bands that are not a preset's (the reader does not range-check those).
     """
-    low, high = STORED_RANGE
+    observed = observed_pixels(image, DEFAULT_NODATA)
+    if stored_range is None:
+        return observed
+    low, high = stored_range
     with np.errstate(invalid="ignore"):
         in_range = np.all((image >= low) & (image <= high), axis=-1)
-    return observed_pixels(image, DEFAULT_NODATA) & in_range
+    return observed & in_range
 
 
-def observed_mask_tf(image):
+def observed_mask_tf(image, stored_range: tuple[float, float] | None = STORED_RANGE):
     """TensorFlow twin of `observed_mask` (last axis = bands) inside the tf.data graph: the same rule
     (every band finite, inside the stored range and not a no-data value, the first band not 0); a bool
     tensor without that axis."""
     import tensorflow as tf
 
-    low, high = STORED_RANGE
     ok = tf.logical_and(tf.reduce_all(tf.math.is_finite(image), axis=-1), tf.not_equal(image[..., 0], 0.0))
-    in_range = tf.logical_and(tf.greater_equal(image, tf.cast(low, image.dtype)), tf.less_equal(image, tf.cast(high, image.dtype)))
-    ok = tf.logical_and(ok, tf.reduce_all(in_range, axis=-1))
+    if stored_range is not None:
+        low, high = stored_range
+        in_range = tf.logical_and(tf.greater_equal(image, tf.cast(low, image.dtype)), tf.less_equal(image, tf.cast(high, image.dtype)))
+        ok = tf.logical_and(ok, tf.reduce_all(in_range, axis=-1))
     for value in DEFAULT_NODATA:
         ok = tf.logical_and(ok, tf.logical_not(tf.reduce_any(tf.equal(image, tf.cast(value, image.dtype)), axis=-1)))
     return ok

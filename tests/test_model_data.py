@@ -211,3 +211,29 @@ def test_integer_labels_as_earth_engine_exports_them(tmp_path):
     assert infos[0].label_dtype == "int64" and infos[0].band_dtype == "float"
     (x, y, _), = make_dataset(infos, PatchSpec(BANDS, P), batch_size=2).as_numpy_iterator()
     np.testing.assert_array_equal(y[..., 0], labels)
+
+
+def test_training_and_inference_mask_the_same_pixels_of_the_real_phen_asynch_record():
+    """The real kernel-60 export marks masked pixels -9999: training (numpy and tf.data) and the pipeline's
+    reader must call exactly the same pixels not observed (the training mask once ignored -9999)."""
+    import tensorflow as tf
+
+    from model.data import observed_mask_tf
+    from pipeline.io.example import decode_example
+    from pipeline.io.export_reader import arrays_from_features
+    from pipeline.io.tfrecord import read_shard
+    from tests.conftest import shared_path
+    from tests.support.exports import PHEN_BANDS
+
+    shard = next(shared_path("ee_exports", "phen_asynch_kernel60").glob("*.tfrecord"))
+    checked = masked = 0
+    for data in read_shard(str(shard)):
+        features = decode_example(data, str(shard))
+        raw, reader_observed = arrays_from_features(features, PHEN_BANDS, 316, fill_value=None, source=str(shard))
+        # phenology bands are not a preset's: neither side holds them to the stored byte range
+        training = observed_mask(raw, stored_range=None)
+        np.testing.assert_array_equal(training, reader_observed)
+        np.testing.assert_array_equal(observed_mask_tf(tf.constant(raw), stored_range=None).numpy(), reader_observed)
+        masked += int((raw == -9999).any(axis=-1).sum())
+        checked += 1
+    assert checked == 2 and masked > 0  # the shard's two records, -9999 in them
