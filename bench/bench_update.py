@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_gpu import COLLECTION_PATCHES
+from tests.support.outputs import tifs  # the same comparison the tests make
 
 C9_YEARS = 39
 
@@ -46,18 +47,6 @@ def inferred(summary: dict) -> int:
     """Patches that reached the model handler (inferred, or skipped there as wholly not observed)."""
     metrics = summary["metrics"]
     return metrics.get("patches_inferred", 0) + metrics.get("patches_not_observed", 0)
-
-
-def tifs(folder: str) -> dict[str, bytes]:
-    """Every .tif under a folder by relative path (classification COGs and raw results)."""
-    found = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            if name.endswith(".tif"):
-                path = os.path.join(root, name)
-                with open(path, "rb") as handle:
-                    found[os.path.relpath(path, folder)] = handle.read()
-    return found
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from pipeline.contract import BAND_PRESETS
 from pipeline.io.example import encode_example
 from pipeline.io.tfrecord import frame_record
 from pipeline.run import run
+from tests.support.outputs import tifs
 
 BANDS = BAND_PRESETS["appendix"]
 PATCH, ROWS, COLS = 32, 2, 3
@@ -66,23 +67,18 @@ def run_pipeline(exports: Path, output: Path, model: str, *extra: str) -> dict:
     ])
 
 
-def cog_bytes(output: Path) -> dict[str, bytes]:
-    """Every COG of a run (classifications and raw results) by its path under the output."""
-    return {str(p.relative_to(output)): p.read_bytes() for p in sorted(output.rglob("*.tif"))}
-
-
 @pytest.mark.parametrize("kernel", [48, 16], ids=["buffer-covers-halo", "buffer-too-small-falls-back"])
 def test_large_tiles_write_the_record_wise_cogs_byte_for_byte(tmp_path, unet_file, kernel):
     exports = tmp_path / "exports"
     write_random_exports(exports, kernel)
     record_wise = run_pipeline(exports, tmp_path / "records", unet_file)
     assert record_wise["counts"] == {"written": len(YEARS)}
-    expected = cog_bytes(tmp_path / "records")
+    expected = tifs(tmp_path / "records")
     for tile in ("32", "grid"):
         tiled = run_pipeline(exports, tmp_path / f"tiles_{tile}", unet_file, "--inference_tile", tile)
         assert tiled["counts"] == {"written": len(YEARS)}
         assert tiled["parameters"]["inference_tile"] == (tile if tile == "grid" else int(tile))
-        assert cog_bytes(tmp_path / f"tiles_{tile}") == expected, f"--inference_tile {tile}"
+        assert tifs(tmp_path / f"tiles_{tile}") == expected, f"--inference_tile {tile}"
         assert [e["mining_ha"] for e in tiled["grid_years"]] == [e["mining_ha"] for e in record_wise["grid_years"]]
         metrics = tiled["metrics"]
         if kernel == 48:

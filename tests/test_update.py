@@ -27,6 +27,7 @@ from pipeline.method.tiles import (
     quantise_probability,
 )
 from pipeline.run import run
+from tests.support.outputs import tifs
 from tests.support.synthetic_run import (
     COLS,
     ROWS,
@@ -44,18 +45,6 @@ def inferred(summary) -> int:
     """Patches that reached the model handler (inferred, or skipped there as not observed)."""
     metrics = summary["metrics"]
     return metrics.get("patches_inferred", 0) + metrics.get("patches_not_observed", 0)
-
-
-def tifs(folder) -> dict[str, bytes]:
-    """Every .tif under a folder (classification COGs and raw results), by relative path."""
-    found = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            if name.endswith(".tif"):
-                path = os.path.join(root, name)
-                with open(path, "rb") as handle:
-                    found[os.path.relpath(path, folder)] = handle.read()
-    return found
 
 
 def by_year(summary) -> dict[int, dict]:
