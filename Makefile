@@ -71,6 +71,10 @@ bench: setup
 	$(BIN)/python bench/bench_pipeline.py
 	$(BIN)/python bench/bench_model.py
 	$(BIN)/python bench/bench_inference.py
+	$(BIN)/python bench/bench_update.py
+	$(BIN)/python bench/bench_stats.py --years 12 --size 2048
+	@test -d $(DEMO_OUT)/model/model && $(BIN)/python bench/bench_precision.py --sample $(DEMO_OUT)/sample \
+	    --model $(DEMO_OUT)/model/model || echo "bench_precision: run make demo first (it needs the demo model)"
 
 clean:
 	rm -rf $(VENV) $(AIRFLOW_VENV) out .pytest_cache .hypothesis
