@@ -129,8 +129,9 @@ def _grid_sort_key(grid: str):
     return (0, int(grid), "") if grid.isdigit() else (1, 0, grid)
 
 
-def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | None = None) -> RunConfig:
-    """Validate the options and resolve defaults (grids and years found under the exports)."""
+def check_option_values(options: PipelineOptions) -> tuple[int | None, FilterParams, tuple[float, ...]]:
+    """Validate the option values alone, touching no file (so a typo is reported before any network probe):
+    (inference tile, filter parameters, export no-data values); one UserError listing every problem."""
     view = options.view_as(MiningMapperOptions)
     problems: list[str] = []
     if not view.exports:
@@ -154,6 +155,13 @@ def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | No
         problems.append(f"--export_nodata {view.export_nodata!r}: expected a comma list of numbers")
     if problems:
         raise UserError("; ".join(problems))
+    return tile, params, nodata
+
+
+def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | None = None) -> RunConfig:
+    """Validate the options and resolve defaults (grids and years found under the exports)."""
+    view = options.view_as(MiningMapperOptions)
+    tile, params, nodata = check_option_values(options)
     routes = load_routes(view.model, view.model_routing)
     grids = [str(g) for g in parse_int_list(view.grids, "grids")]
     years = parse_int_list(view.years, "years")

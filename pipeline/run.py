@@ -23,7 +23,7 @@ from pipeline.io.filesystem import local_or_remote, publish_atomically, read_byt
 from pipeline.io.run_folder import claim_output, release_lock
 from pipeline.io.summary import RunSummary, command_line, now_utc
 from pipeline.modelcheck import check_models, check_run_contract
-from pipeline.options import MiningMapperOptions, build_config, discover_grid_years
+from pipeline.options import MiningMapperOptions, build_config, check_option_values, discover_grid_years
 from transforms.job import MiningMapperJob, summary_path
 from transforms.metrics import NAMESPACE
 
@@ -41,6 +41,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     """
     arguments = check_run_argv(list(argv) if argv is not None else sys.argv[1:])
     options = PipelineOptions(arguments)
+    check_option_values(options)  # values first: a typo is not blamed on the network
     probe_cloud_paths(options)
     standard = options.view_as(StandardOptions)
     local = standard.runner in LOCAL_RUNNERS
