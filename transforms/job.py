@@ -97,7 +97,7 @@ def write_run_files(statuses: list[GridYearStatus], dead_letters: list[DeadLette
 
 def run_manifest(output: str, grid_years: Sequence[GridYearStatus]) -> list[str]:
     """Every file the run leaves in `output`, relative to it: written COGs, dead letters, summary, raw results."""
-    prefix = output.rstrip("/") + "/"
+    prefix = absolute_uri(output).rstrip("/") + "/"  # statuses name their COGs by absolute URI
     cogs = [s.path[len(prefix):] for s in grid_years if s.status == "written" and s.path and s.path.startswith(prefix)]
     return sorted({*cogs, DEAD_LETTER_NAME, SUMMARY_NAME, *raw_files(output)})
 

@@ -16,7 +16,7 @@ from apache_beam.metrics import Metrics
 
 from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
 from pipeline.io.cog import classification_bands, encode_cog
-from pipeline.io.filesystem import write_atomically
+from pipeline.io.filesystem import absolute_uri, write_atomically
 from pipeline.elements import GridYearStatus
 from pipeline.method.tiles import assemble_year, mining_rows_of_raster
 from transforms.metrics import NAMESPACE
@@ -76,7 +76,7 @@ class _WriteGridYear(beam.DoFn):
             grid,
             year,
             "written",
-            path=path,
+            path=absolute_uri(path),
             mining_pixels={stage: int(values.sum()) for stage, values in rows.items()},
             mining_ha={stage: round(float(values[:height] @ areas) / SQUARE_METRES_PER_HECTARE, 4) for stage, values in rows.items()},
         )
