@@ -264,12 +264,19 @@ class StreamingGrids(beam.PTransform):
 
 
 class WatchExports(beam.PTransform):
-    """PBegin → GridYearKey for every new or re-written file under `{exports}/*/*/` (fileio.MatchContinuously)."""
+    """PBegin → GridYearKey for every new or re-written file under `{exports}/*/*/` (fileio.MatchContinuously).
 
-    def __init__(self, *, exports: str, interval: float = 60.0, stop_after: float | None = None):
+    `deduplicate` (Dataflow) emits each file once per modification time (Beam's Watch); without it (the local
+    BundleBasedDirectRunner, which cannot run Watch) every poll emits every file again, which the job absorbs:
+    a grid-year whose raw result already has the export's fingerprint is not inferred again, and a year
+    whose fingerprint the grid's state already holds changes nothing. `stop_after` (seconds) ends the
+    watch, for a bounded local run."""
+
+    def __init__(self, *, exports: str, interval: float = 60.0, deduplicate: bool = True, stop_after: float | None = None):
         super().__init__()
         self._exports = exports.rstrip("/")
         self._interval = interval
+        self._deduplicate = deduplicate
         self._stop_after = stop_after
 
     def expand(self, pbegin):
@@ -281,7 +288,7 @@ class WatchExports(beam.PTransform):
         return (
             pbegin
             | "Match continuously" >> MatchContinuously(f"{exports}/*/*/*", interval=self._interval, match_updated_files=True,
-                                                        stop_timestamp=stop)
+                                                        has_deduplication=self._deduplicate, stop_timestamp=stop)
             | "Grid-year of file" >> beam.FlatMap(lambda meta: [k for k in [grid_year_of_path(exports, meta.path)] if k]).with_output_types(
                 GridYearKey)
         )
