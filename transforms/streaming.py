@@ -148,7 +148,7 @@ def filter_grid(grid: str, raw: Mapping[int, tuple[ExportGeometry, object]], con
     the COGs are byte-identical. Asked years without a raw result are not observed and reported skipped."""
     params = config.filter_params
     by_tile: dict[TileKey, list[ClassifiedPatch]] = {}
-    for year, (geometry, probability) in sorted(raw.items()):
+    for _, (geometry, probability) in sorted(raw.items()):
         for patch in patches_of_probability(geometry, probability, config.threshold):
             by_tile.setdefault(TileKey.of(patch), []).append(patch)
     series = []
@@ -179,12 +179,16 @@ def filter_grid(grid: str, raw: Mapping[int, tuple[ExportGeometry, object]], con
     return statuses
 
 
+_YEARS = ReadModifyWriteStateSpec("years", PickleCoder())
+"""A grid's state: {year: fingerprint} of the raw results in (never rasters)."""
+_FILTERED = ReadModifyWriteStateSpec("filtered", PickleCoder())
+"""The {year: fingerprint} the grid's COGs were last made from."""
+_TIMEOUT = TimerSpec("series_timeout", TimeDomain.WATERMARK)
+_YEARS_PARAM, _FILTERED_PARAM, _TIMEOUT_PARAM = beam.DoFn.StateParam(_YEARS), beam.DoFn.StateParam(_FILTERED), beam.DoFn.TimerParam(_TIMEOUT)
+
+
 class _GridSeriesFn(beam.DoFn):
     """(grid, (year, fingerprint)) → the grid's GridYearStatus once its series is complete (or timed out)."""
-
-    YEARS = ReadModifyWriteStateSpec("years", PickleCoder())
-    FILTERED = ReadModifyWriteStateSpec("filtered", PickleCoder())
-    TIMEOUT = TimerSpec("series_timeout", TimeDomain.WATERMARK)
 
     def __init__(self, config: RunConfig, series_timeout: float, finish_incomplete: bool):
         super().__init__()
@@ -195,8 +199,7 @@ class _GridSeriesFn(beam.DoFn):
         self._grids_filtered = Metrics.counter(NAMESPACE, "streaming_grids_filtered")
         self._duplicates = Metrics.counter(NAMESPACE, "streaming_duplicates")
 
-    def process(self, element, timestamp=beam.DoFn.TimestampParam, years=beam.DoFn.StateParam(YEARS),
-                filtered=beam.DoFn.StateParam(FILTERED), timeout=beam.DoFn.TimerParam(TIMEOUT)):
+    def process(self, element, timestamp=beam.DoFn.TimestampParam, years=_YEARS_PARAM, filtered=_FILTERED_PARAM, timeout=_TIMEOUT_PARAM):
         """Record the year's fingerprint; filter the grid when every asked year is in and something changed."""
         grid, (year, fingerprint_) = element
         if year not in self._config.years:
@@ -212,8 +215,8 @@ class _GridSeriesFn(beam.DoFn):
         if len(current) == len(self._config.years) and current != filtered.read():
             yield from self._finish(grid, current, filtered)
 
-    @on_timer(TIMEOUT)
-    def on_timeout(self, key=beam.DoFn.KeyParam, years=beam.DoFn.StateParam(YEARS), filtered=beam.DoFn.StateParam(FILTERED)):
+    @on_timer(_TIMEOUT)
+    def on_timeout(self, key=beam.DoFn.KeyParam, years=_YEARS_PARAM, filtered=_FILTERED_PARAM):
         """Report a grid whose series is still incomplete; finish it with what it has when asked to."""
         current = dict(years.read() or {})
         if len(current) == len(self._config.years):
