@@ -74,7 +74,7 @@ def _run_pipeline(options, arguments, argv, config, *, runner_name, local: bool)
     started = now_utc()
     recorded = command_line() if argv is None else ["mining-mapper", "run", *arguments]
     if options.view_as(StandardOptions).streaming:
-        return _run_streaming(options, config, options.view_as(MiningMapperOptions))
+        return _run_streaming(options, config, options.view_as(MiningMapperOptions), started, recorded)
     with beam.Pipeline(runner=runner, options=options) as pipeline:
         _ = pipeline | "Mining mapper" >> MiningMapperJob(config=config, started=started, command_line=recorded)
     result = pipeline.result
@@ -105,18 +105,20 @@ def check_streaming(options, local: bool) -> None:
         raise UserError(f"--series_timeout ({view.series_timeout}) and --watch_interval ({view.watch_interval}) must be positive seconds")
 
 
-def _run_streaming(options, config, view) -> dict:
-    """Submit the streaming job (transforms/streaming.py) to Dataflow; returns where grids report."""
-    from transforms.streaming import STATUS_FOLDER, StreamingGrids, WatchExports
+def _run_streaming(options, config, view, started: str, recorded: Sequence[str]) -> dict:
+    """Submit the streaming job (transforms/streaming.py) to Dataflow; returns where its summary will be
+    (rebuilt as grids complete; each grid's state is in {output}/streaming/{grid}.json)."""
+    from transforms.streaming import StreamingGrids, WatchExports
 
     with beam.Pipeline(options=options) as pipeline:
         _ = (
             pipeline
             | "Watch exports" >> WatchExports(exports=config.exports, interval=view.watch_interval)
             | "Streaming grids" >> StreamingGrids(config=config, series_timeout=view.series_timeout,
-                                                  finish_incomplete=view.finish_incomplete == "true")
+                                                  finish_incomplete=view.finish_incomplete == "true",
+                                                  started=started, command_line=recorded)
         )
-    return {"summary": f"{config.output}/{STATUS_FOLDER}", "job": _job_id(pipeline.result)}
+    return {"summary": summary_path(config), "job": _job_id(pipeline.result)}
 
 
 def check_something_to_do(config) -> None:

@@ -120,6 +120,10 @@ def test_shuffled_exports_give_the_batch_runs_cogs_byte_for_byte_and_duplicates_
     status = json.loads(open(grid_status_path(str(tmp_path / "out"), "1010")).read())
     assert status["state"] == "filtered" and status["missing_years"] == [] and len(status["grid_years"]) == len(YEARS)
     assert {entry["status"] for entry in status["grid_years"]} == {"written"}
+    summary, reference = (json.loads((folder / "summary.json").read_text()) for folder in (tmp_path / "out", batch / "out"))
+    fields = ("grid", "year", "status", "mining_pixels", "mining_ha")
+    assert [{k: e[k] for k in fields} for e in summary["grid_years"]] == [{k: e[k] for k in fields} for e in reference["grid_years"]]
+    assert summary["parameters"]["streaming"] is True and summary["counts"] == {"written": 16}
 
     # A restart (after a drain) over the same output re-infers nothing and writes the same bytes.
     again = stream(batch / "exports", tmp_path / "out", model, shuffled(all_keys(), seed=11))
@@ -159,8 +163,10 @@ def test_a_grid_missing_a_year_is_reported_after_the_timeout_and_finished_by_fla
     assert status["missing_years"] == [2003] and sorted(map(int, status["years_in"])) == [y for y in YEARS if y != 2003]
     assert json.loads(open(grid_status_path(str(tmp_path / "out"), "1010")).read())["state"] == "filtered"
     grid_cogs = {name for name in cogs(tmp_path / "out") if name.startswith("1011/")}
+    pending = [e for e in json.loads((tmp_path / "out" / "summary.json").read_text())["grid_years"] if e["status"] == "skipped"]
     if not finish:
         assert status["state"] == "incomplete" and grid_cogs == set() and seen["filtered"] == ["1010"]
+        assert len(pending) == len(YEARS) and all("missing years [2003]" in e["reason"] for e in pending)
         return
     assert status["state"] == "finished incomplete" and sorted(seen["filtered"]) == list(GRIDS)
     skipped = [e for e in status["grid_years"] if e["status"] == "skipped"]

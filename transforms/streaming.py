@@ -23,7 +23,8 @@ each grid the moment its series is complete (issue 17).
   for byte. A duplicate changes nothing. `--series_timeout` seconds (event time) after a grid's first
   export, a grid still incomplete is written to `{output}/streaming/{grid}.json` (status `incomplete`,
   its missing years); with `--finish_incomplete` it is then filtered with what it has (missing years
-  not observed, their COGs reported skipped). Each finished grid writes its statuses to the same file.
+  not observed, their COGs reported skipped). Each finished grid writes its statuses to the same file,
+  and `{output}/summary.json` (the batch run's schema) is rebuilt from all of them each time.
 """
 from __future__ import annotations
 
@@ -42,17 +43,41 @@ from pipeline.config import RunConfig
 from pipeline.elements import ClassifiedPatch, ExportGeometry, ExportPatch, GridYearKey, GridYearRecords, GridYearStatus, TileKey
 from pipeline.io.export_layout import export_dir_of
 from pipeline.io.export_reader import read_export
-from pipeline.io.filesystem import exists, join, read_bytes, write_atomically
+from pipeline.io.filesystem import absolute_uri, exists, join, match, publish_atomically, read_bytes, read_json, write_atomically
+from pipeline.io.summary import RunSummary, now_utc
 from pipeline.io.raw import RawMismatch, assemble_raw, decode_raw, encode_raw, export_identity, fingerprint, raw_path, raw_root
 from pipeline.method.tiles import halo_strips, patches_of_probability, spatial_frequency_tile, split_years, stack_tile_years, temporal_filter_tile
 from transforms.inference import _handler
-from transforms.job import output_tags
+from transforms.job import output_tags, run_manifest, run_parameters, summary_path
 from transforms.metrics import NAMESPACE
 from transforms.raw import model_digests
 from transforms.write import DEAD_LETTER, GEOMETRY, MISSING, TILES, _WriteGridYear
 
 STATUS_FOLDER = "streaming"
 """`{output}/streaming/{grid}.json`: each grid's state as the streaming job last saw it."""
+PENDING = "streaming: its grid's series is not complete yet"
+
+
+def write_streaming_summary(config: RunConfig, started: str, command_line: Sequence[str]) -> str:
+    """Rebuild `{output}/summary.json` (the batch run's schema) from every grid's status file: grid-years of
+    grids not filtered yet are `skipped` with the reason PENDING (or the grid's missing years). Called after
+    each grid's status file is written, so the last call sees every grid finished before it; returns its path."""
+    found: dict[tuple[str, int], GridYearStatus] = {}
+    waiting: dict[str, str] = {}
+    for path, _ in match(join(config.output, STATUS_FOLDER, "*.json")):
+        record = read_json(path)
+        for entry in record["grid_years"]:
+            status = GridYearStatus.from_dict(entry)
+            found[(status.grid, status.year)] = status
+        if record["missing_years"] and not record["grid_years"]:
+            waiting[record["grid"]] = f"streaming: series timeout passed, missing years {record['missing_years']}"
+    grid_years = [found.get((grid, year)) or GridYearStatus(grid, year, "skipped", reason=waiting.get(grid, PENDING))
+                  for grid, year in config.grid_years()]
+    summary = RunSummary(command="run", output=absolute_uri(config.output), parameters={**run_parameters(config), "streaming": True},
+                         grid_years=grid_years, started=started, finished=now_utc(), command_line=list(command_line),
+                         outputs=run_manifest(config.output, grid_years))
+    publish_atomically({summary_path(config): summary.to_json()})
+    return summary_path(config)
 
 
 def grid_status_path(output: str, grid: str) -> str:
@@ -190,9 +215,11 @@ _YEARS_PARAM, _FILTERED_PARAM, _TIMEOUT_PARAM = beam.DoFn.StateParam(_YEARS), be
 class _GridSeriesFn(beam.DoFn):
     """(grid, (year, fingerprint)) → the grid's GridYearStatus once its series is complete (or timed out)."""
 
-    def __init__(self, config: RunConfig, series_timeout: float, finish_incomplete: bool):
+    def __init__(self, config: RunConfig, series_timeout: float, finish_incomplete: bool, started: str, command_line: Sequence[str]):
         super().__init__()
         self._config = config
+        self._started = started
+        self._command_line = tuple(command_line)
         self._timeout = float(series_timeout)
         self._finish_incomplete = finish_incomplete
         self._tags = output_tags(config)
@@ -243,16 +270,21 @@ class _GridSeriesFn(beam.DoFn):
         record = {"grid": grid, "state": state, "years_in": {str(y): f for y, f in sorted(current.items())},
                   "missing_years": list(missing), "grid_years": [s.to_record() for s in statuses]}
         write_atomically(grid_status_path(self._config.output, grid), (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+        write_streaming_summary(self._config, self._started, self._command_line)
 
 
 class StreamingGrids(beam.PTransform):
-    """GridYearKey file events → GridYearStatus of every grid-year written as grids complete."""
+    """GridYearKey file events → GridYearStatus of every grid-year written as grids complete; each grid's
+    status file and the run's summary.json are rewritten as grids complete or time out."""
 
-    def __init__(self, *, config: RunConfig, series_timeout: float, finish_incomplete: bool):
+    def __init__(self, *, config: RunConfig, series_timeout: float, finish_incomplete: bool, started: str | None = None,
+                 command_line: Sequence[str] = ()):
         super().__init__()
         self._config = config
         self._timeout = series_timeout
         self._finish_incomplete = finish_incomplete
+        self._started = started or now_utc()
+        self._command_line = tuple(command_line)
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
         config = self._config
@@ -262,7 +294,7 @@ class StreamingGrids(beam.PTransform):
             | "Asked grid-years" >> beam.Filter(lambda key: (key.grid, key.year) in asked)
             | "Infer complete exports" >> beam.ParDo(_InferCompleteExportFn(config, model_digests(config))).with_output_types(
                 typehints.KV[str, typehints.Tuple[int, str]])
-            | "Per grid" >> beam.ParDo(_GridSeriesFn(config, self._timeout, self._finish_incomplete))
+            | "Per grid" >> beam.ParDo(_GridSeriesFn(config, self._timeout, self._finish_incomplete, self._started, self._command_line))
         )
 
 
