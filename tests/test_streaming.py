@@ -206,3 +206,22 @@ def test_streaming_is_refused_locally_and_without_grids_and_years(tmp_path, mode
     options = PipelineOptions(pipeline_args(tmp_path / "exports", tmp_path / "out", model, "--streaming"))
     with pytest.raises(UserError, match="needs --grids and --years"):
         check_streaming(options, local=False)
+
+
+def test_a_mixer_contradicting_its_grid_is_refused_as_in_the_batch_run(tmp_path, batch, model):
+    exports = tmp_path / "exports"
+    shutil.copytree(batch / "exports", exports)
+    mixer = exports / "1011" / "2003" / "mining_1011_2003-mixer.json"
+    record = json.loads(mixer.read_text())
+    record["projection"]["affine"]["doubleMatrix"][2] += 0.5  # another origin: contradicts the grid's other years
+    mixer.write_text(json.dumps(record))
+    stream(exports, tmp_path / "out", model, shuffled(all_keys()))
+    reference = run(pipeline_args(exports, tmp_path / "reference", model, *BANDS))
+    failed = [(e["grid"], e["year"]) for e in reference["grid_years"] if e["status"] == "failed"]
+    assert failed == [("1011", 2003)]
+    status = json.loads(open(grid_status_path(str(tmp_path / "out"), "1011")).read())
+    entry = next(e for e in status["grid_years"] if e["year"] == 2003)
+    assert entry["status"] == "failed" and "contradicts grid 1011" in entry["reason"]
+    got, want = cogs(tmp_path / "out"), cogs(tmp_path / "reference")
+    assert set(got) == set(want) and "1011/1011_2003.tif" not in want
+    assert [name for name in want if got[name] != want[name]] == []

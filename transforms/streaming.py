@@ -40,13 +40,14 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Duration
 
 from pipeline.config import RunConfig
-from pipeline.elements import ClassifiedPatch, ExportGeometry, ExportPatch, GridYearKey, GridYearRecords, GridYearStatus, TileKey
+from pipeline.elements import ClassifiedPatch, DeadLetter, ExportGeometry, ExportPatch, GridYearKey, GridYearRecords, GridYearStatus, TileKey
 from pipeline.io.export_layout import export_dir_of
 from pipeline.io.export_reader import read_export
 from pipeline.io.filesystem import absolute_uri, exists, join, match, publish_atomically, read_bytes, read_json, write_atomically
 from pipeline.io.summary import RunSummary, now_utc
 from pipeline.io.raw import RawMismatch, assemble_raw, decode_raw, encode_raw, export_identity, fingerprint, raw_path, raw_root
 from pipeline.method.tiles import halo_strips, patches_of_probability, spatial_frequency_tile, split_years, stack_tile_years, temporal_filter_tile
+from transforms.consistency import _dead_letters
 from transforms.inference import _handler
 from transforms.job import output_tags, run_manifest, run_parameters, summary_path
 from transforms.metrics import NAMESPACE
@@ -167,13 +168,18 @@ class _InferCompleteExportFn(beam.DoFn):
 
 
 def filter_grid(grid: str, raw: Mapping[int, tuple[ExportGeometry, object]], config: RunConfig, tags: Mapping[str, str],
-                missing_reason: str = "no export") -> list[GridYearStatus]:
+                missing_reason: str = "no export", dead_letters: Mapping[int, Sequence[DeadLetter]] | None = None) -> list[GridYearStatus]:
     """Run a whole grid's filter chain from its raw results ({year: (geometry, probability)}) in this process
     and write its COGs: the batch job's steps (pipeline.method.tiles, transforms.write) in the same order, so
-    the COGs are byte-identical. Asked years without a raw result are not observed and reported skipped."""
+    the COGs are byte-identical. Asked years without a raw result are not observed and reported skipped;
+    years with dead letters (an export refused by the grid's consistency check) are not observed either and
+    reported failed, as in the batch run."""
     params = config.filter_params
+    dead_letters = dict(dead_letters or {})
     by_tile: dict[TileKey, list[ClassifiedPatch]] = {}
-    for _, (geometry, probability) in sorted(raw.items()):
+    for year, (geometry, probability) in sorted(raw.items()):
+        if year in dead_letters:
+            continue
         for patch in patches_of_probability(geometry, probability, config.threshold):
             by_tile.setdefault(TileKey.of(patch), []).append(patch)
     series = []
@@ -196,7 +202,7 @@ def filter_grid(grid: str, raw: Mapping[int, tuple[ExportGeometry, object]], con
     statuses = []
     for year in config.years:
         parts = {TILES: year_tiles.get(year, []) if year in raw else [], GEOMETRY: [raw[year][0]] if year in raw else [],
-                 MISSING: [], DEAD_LETTER: []}
+                 MISSING: [], DEAD_LETTER: list(dead_letters.get(year, ()))}
         for status in writer.process(((grid, year), parts)):
             if status.status == "skipped":
                 status = GridYearStatus(grid, year, "skipped", reason=missing_reason)
@@ -260,7 +266,10 @@ class _GridSeriesFn(beam.DoFn):
             source = raw_path(root, grid, year)
             raw[year] = decode_raw(read_bytes(source), source, grid, year, fingerprint_)
         missing = [y for y in self._config.years if y not in current]
-        statuses = filter_grid(grid, raw, self._config, self._tags, "no export arrived before the series timeout")
+        refused: dict[int, list[DeadLetter]] = {}  # the batch run's check of a grid's mixers against each other
+        for key, letter in _dead_letters((grid, [geometry for geometry, _ in raw.values()]), self._config.exports):
+            refused.setdefault(key.year, []).append(letter)
+        statuses = filter_grid(grid, raw, self._config, self._tags, "no export arrived before the series timeout", refused)
         filtered.write(current)
         self._grids_filtered.inc()
         self._record(grid, "filtered" if not missing else "finished incomplete", current, missing, statuses)
