@@ -170,6 +170,8 @@ def print_help() -> None:
         epilog="Beam's own flags pass through: --runner DataflowRunner --project … --region … --temp_location …; "
                "any other flag is refused. Every flag may be spelled with hyphens or underscores "
                "(--band-preset = --band_preset); true/false flags are switches too (--origin-band, --no-origin-band). "
+               "--streaming (Beam's flag, with --runner DataflowRunner, --grids and --years): the streaming job, which infers "
+               "each export as it lands and filters each grid when its series is complete (templates/README.md). "
                + EXIT_STATUS_HELP,
         formatter_class=HelpFormatter,
     )
