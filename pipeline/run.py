@@ -48,9 +48,13 @@ def run(argv: Sequence[str] | None = None) -> dict:
     if local:  # inference runs in this process: check before reading anything
         import_tensorflow_quietly()
         check_gpu(options.view_as(MiningMapperOptions).require_gpu == "true")
+    streaming = standard.streaming
+    if streaming:
+        check_streaming(options, local)
     config = build_config(options)
     check_models(config.routes)
-    check_something_to_do(config)
+    if not streaming:  # a streaming job is started before the exports exist
+        check_something_to_do(config)
     check_run_contract(config)
     lock = claim_output(config.output, "run", config.overwrite, clean=local)
     try:
@@ -71,6 +75,8 @@ def _run_pipeline(options, arguments, argv, config, *, runner_name, local: bool)
     logging.getLogger(__name__).info("running %d grid(s) × %d year(s) on %s", len(config.grids), len(config.years), runner_name or "FnApiRunner")
     started = now_utc()
     recorded = command_line() if argv is None else ["mining-mapper", "run", *arguments]
+    if options.view_as(StandardOptions).streaming:
+        return _run_streaming(options, config, options.view_as(MiningMapperOptions), started, recorded)
     with beam.Pipeline(runner=runner, options=options) as pipeline:
         _ = pipeline | "Mining mapper" >> MiningMapperJob(config=config, started=started, command_line=recorded)
     result = pipeline.result
@@ -84,6 +90,37 @@ def _run_pipeline(options, arguments, argv, config, *, runner_name, local: bool)
         summary.precision_check = {"pixels": pixels, "class_changes": changed, "fraction": changed / pixels}
     publish_atomically({path: summary.to_json()})
     return summary.as_dict()
+
+
+def check_streaming(options, local: bool) -> None:
+    """Refuse a streaming run that cannot work, before anything is read: on a local runner (the FnApiRunner
+    has no streaming mode and Beam's BundleBasedDirectRunner cannot run the splittable DoFns of
+    `fileio.MatchContinuously`; locally the streaming transforms run under TestStream, tests/test_streaming.py),
+    or without --grids and --years (the exports do not exist yet when the job starts)."""
+    view = options.view_as(MiningMapperOptions)
+    if local:
+        raise UserError("--streaming needs --runner DataflowRunner: the local runners cannot watch a folder continuously "
+                        "(no splittable DoFns in streaming mode); run without --streaming for a local batch run")
+    if not view.grids or not view.years:
+        raise UserError("--streaming needs --grids and --years: the series each grid waits for (its exports do not exist yet)")
+    if view.series_timeout <= 0 or view.watch_interval <= 0:
+        raise UserError(f"--series_timeout ({view.series_timeout}) and --watch_interval ({view.watch_interval}) must be positive seconds")
+
+
+def _run_streaming(options, config, view, started: str, recorded: Sequence[str]) -> dict:
+    """Submit the streaming job (transforms/streaming.py) to Dataflow; returns where its summary will be
+    (rebuilt as grids complete; each grid's state is in {output}/streaming/{grid}.json)."""
+    from transforms.streaming import StreamingGrids, WatchExports
+
+    with beam.Pipeline(options=options) as pipeline:
+        _ = (
+            pipeline
+            | "Watch exports" >> WatchExports(exports=config.exports, interval=view.watch_interval)
+            | "Streaming grids" >> StreamingGrids(config=config, series_timeout=view.series_timeout,
+                                                  finish_incomplete=view.finish_incomplete == "true",
+                                                  started=started, command_line=recorded)
+        )
+    return {"summary": summary_path(config), "job": _job_id(pipeline.result)}
 
 
 def check_something_to_do(config) -> None:
@@ -151,6 +188,8 @@ def print_help() -> None:
         epilog="Beam's own flags pass through: --runner DataflowRunner --project … --region … --temp_location …; "
                "any other flag is refused. Every flag may be spelled with hyphens or underscores "
                "(--band-preset = --band_preset); true/false flags are switches too (--origin-band, --no-origin-band). "
+               "--streaming (Beam's flag, with --runner DataflowRunner, --grids and --years): the streaming job, which infers "
+               "each export as it lands and filters each grid when its series is complete (templates/README.md). "
                + EXIT_STATUS_HELP,
         formatter_class=HelpFormatter,
     )

@@ -23,8 +23,12 @@ NO_WAIT = "--no_wait_until_finish"
 
 
 def launcher_args(argv: Sequence[str]) -> list[str]:
-    """The launcher's arguments with `--no_wait_until_finish` (once): submit the job, then return."""
-    return list(argv) if NO_WAIT in argv else [*argv, NO_WAIT]
+    """The launcher's arguments with `--no_wait_until_finish` (once): submit the job, then return.
+
+    The template's `streaming=true|false` becomes Beam's `--streaming` switch (which takes no value)."""
+    argv = [arg for arg in argv if arg != "--streaming=false"]
+    argv = ["--streaming" if arg == "--streaming=true" else arg for arg in argv]
+    return argv if NO_WAIT in argv else [*argv, NO_WAIT]
 
 
 def launch(argv: Sequence[str] | None = None) -> int:

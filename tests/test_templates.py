@@ -297,6 +297,17 @@ def test_entry_point_submits_without_waiting(monkeypatch):
                     ["--no_wait_until_finish", "--output=gs://b/o"]]
 
 
+def test_entry_point_turns_the_streaming_parameter_into_beams_switch(monkeypatch):
+    import pipeline.run
+
+    seen = []
+    monkeypatch.setattr(pipeline.run, "main", lambda argv: seen.append(list(argv)) or 0)
+    main = _entry_point_module()
+    assert main.launch(["--streaming=true", "--series_timeout=60"]) == 0
+    assert main.launch(["--streaming=false", "--output=gs://b/o"]) == 0
+    assert seen == [["--streaming", "--series_timeout=60", "--no_wait_until_finish"], ["--output=gs://b/o", "--no_wait_until_finish"]]
+
+
 def test_entry_point_runs_the_whole_pipeline_locally(tmp_path):
     """Through the entry point (flag included) a local run still completes and writes every COG."""
     from tests.support.synthetic_run import YEARS, pipeline_args, stand_in_model, truth_stack, write_exports

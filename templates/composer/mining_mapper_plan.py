@@ -53,14 +53,16 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # The Flex Template's parameters: the pipeline options (templates/metadata.json, pipeline/options.py), plus
-# Beam's sdk_container_image (the workers run the same image as the launcher).
+# Beam's sdk_container_image (the workers run the same image as the launcher) and Beam's streaming (true: the
+# streaming job, templates/main.py turns it into Beam's --streaming switch).
 TEMPLATE_PARAMETERS = (
     "exports", "output", "grids", "years", "model", "model_routing", "band_preset", "threshold", "filter_mode",
     "min_component_size", "spatial_window", "backfill_limit", "frequency_cut", "c9_backfill_from_index",
     "spatial_filter", "min_batch_size", "max_batch_size", "inference_tile", "inference_precision", "precision_check",
     "inference_memory_gb", "export_nodata", "probability_band", "origin_band", "overwrite", "require_gpu", "reuse_raw",
+    "series_timeout", "watch_interval", "finish_incomplete",
 )
-BEAM_PARAMETERS = ("sdk_container_image",)
+BEAM_PARAMETERS = ("sdk_container_image", "streaming")
 
 _PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
 _JOB_NAME = re.compile(r"[^a-z0-9-]+")
