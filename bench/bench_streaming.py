@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -61,21 +60,14 @@ def main() -> None:
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from model.unet import build_unet
-    from pipeline.console import import_tensorflow_quietly
-    from pipeline.contract import BAND_PRESETS
-    from pipeline.demo.sample import generate_sample
+    from bench.sample_run import sample_and_model
     from pipeline.elements import GridYearKey
     from pipeline.options import build_config
     from pipeline.run import run
     from transforms.raw import model_digests
     from transforms.streaming import _GridSeriesFn, _InferCompleteExportFn
 
-    import_tensorflow_quietly()
-    workdir = tempfile.mkdtemp(prefix="bench_streaming_")
-    sample = generate_sample(os.path.join(workdir, "sample"))
-    model = os.path.join(workdir, "unet.keras")
-    build_unet(len(BAND_PRESETS["appendix"]), base_filters=args.width, depth=args.depth, patch_size=None).save(model)
+    workdir, sample, model = sample_and_model(args.width, args.depth, "bench_streaming_")
     first, last = sample.years[0], sample.years[-1]
     grids = [str(g) for g in sample.grids]
     flags = ["--exports", sample.exports, "--model", model, "--grids", ",".join(grids), "--years", f"{first}-{last}",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def timed_run(exports: str, output: str, model: str, years: str, *extra: str) ->
 
     start = time.perf_counter()
     summary = run(["--exports", exports, "--output", output, "--model", model, "--years", years,
-                   "--direct_num_workers", "1", *extra])
+                   "--direct_num_workers", "1", "--overwrite", *extra])  # the update replaces its own folder
     return time.perf_counter() - start, summary
 
 
@@ -56,16 +55,9 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=3)
     args = parser.parse_args()
 
-    from model.unet import build_unet
-    from pipeline.console import import_tensorflow_quietly
-    from pipeline.contract import BAND_PRESETS
-    from pipeline.demo.sample import generate_sample
+    from bench.sample_run import sample_and_model
 
-    import_tensorflow_quietly()
-    workdir = tempfile.mkdtemp(prefix="bench_update_")
-    sample = generate_sample(os.path.join(workdir, "sample"))
-    model = os.path.join(workdir, "unet.keras")
-    build_unet(len(BAND_PRESETS["appendix"]), base_filters=args.width, depth=args.depth, patch_size=None).save(model)
+    workdir, sample, model = sample_and_model(args.width, args.depth, "bench_update_")
     first, last = sample.years[0], sample.years[-1]
     exports, updated, fresh = sample.exports, os.path.join(workdir, "updated"), os.path.join(workdir, "fresh")
 
