@@ -6,13 +6,13 @@ is a random-weight U-Net of depth 2 (halo 24 px on a 4-px grid), saved as a .ker
 from __future__ import annotations
 
 import gzip
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.contract import BAND_PRESETS
+from pipeline.demo.sample import mixer_json
 from pipeline.io.example import encode_example
 from pipeline.io.tfrecord import frame_record
 from pipeline.run import run
@@ -34,13 +34,7 @@ def write_random_exports(root: Path, kernel: int, seed: int = 0) -> None:
         image[gaps] = 0.0  # not observed: every band 0
         folder = root / "1010" / str(year)
         folder.mkdir(parents=True)
-        mixer = {
-            "projection": {"crs": "EPSG:4326", "affine": {"doubleMatrix": [RES, 0.0, -54.0, 0.0, -RES, -3.0]}},
-            "patchDimensions": [PATCH, PATCH],
-            "patchesPerRow": COLS,
-            "totalPatches": ROWS * COLS,
-        }
-        (folder / "mining-mixer.json").write_text(json.dumps(mixer))
+        (folder / "mining-mixer.json").write_bytes(mixer_json([RES, 0.0, -54.0, 0.0, -RES, -3.0], PATCH, COLS, ROWS * COLS))
         records = []
         for index in range(ROWS * COLS):
             r, c = divmod(index, COLS)
