@@ -164,6 +164,50 @@ def test_missing_exports_counts_only_mixers_of_the_run():
                                     "gs://my-bucket/exports", "1010-1011", "2000-2001") == []
 
 
+def test_streaming_mode_is_off_by_default_and_starts_the_streaming_template_when_asked():
+    batch = plan_lib.plan_run(CONFIG, {}, MARCH_2025)
+    assert batch["streaming"] is False and batch["stream_body"] is None
+    assert "streaming" not in batch["flex_body"]["launchParameter"]["parameters"]
+    assert batch["status_prefix"] == "cogs/2024/streaming/"
+    stream = plan_lib.plan_run({**CONFIG, "streaming": True, "series_timeout_hours": 24, "finish_incomplete": True},
+                               {}, MARCH_2025)
+    launch = stream["stream_body"]["launchParameter"]
+    assert launch["jobName"] == "mining-mapper-stream-2024"
+    assert launch["parameters"] == {**batch["flex_body"]["launchParameter"]["parameters"], "streaming": "true",
+                                    "series_timeout": "86400", "finish_incomplete": "true"}
+    assert launch["environment"] == batch["flex_body"]["launchParameter"]["environment"]
+    assert stream["finish_incomplete"] is True
+    # the run's param wins over the configuration, both ways; the configuration's pipeline_parameters win
+    assert plan_lib.plan_run({**CONFIG, "streaming": True}, {"streaming": False}, MARCH_2025)["stream_body"] is None
+    overridden = plan_lib.plan_run({**CONFIG, "pipeline_parameters": {"series_timeout": 60}}, {"streaming": True}, MARCH_2025)
+    assert overridden["stream_body"]["launchParameter"]["parameters"]["series_timeout"] == "60"
+    assert overridden["stream_body"]["launchParameter"]["parameters"]["finish_incomplete"] == "false"
+    with pytest.raises(plan_lib.PlanError, match="streaming must be true or false, not 'yes'"):
+        plan_lib.plan_run({**CONFIG, "streaming": "yes"}, {}, MARCH_2025)
+
+
+def _status(grid, state, years_in, missing=()):
+    """A status file as transforms/streaming.py writes it (grid_years left out: not read by the DAG)."""
+    return {"grid": str(grid), "state": state, "years_in": {str(y): "f" for y in years_in},
+            "missing_years": list(missing), "grid_years": []}
+
+
+def test_stream_waiting_until_every_grid_is_filtered():
+    years = "2000-2002"
+    records = {"cogs/2002/streaming/1010.json": _status(1010, "filtered", [2000, 2001, 2002])}
+    assert plan_lib.stream_waiting(records, "1010-1011", years, False) == {1011: "no status file yet"}
+    records["cogs/2002/streaming/1011.json"] = _status(1011, "incomplete", [2000], missing=[2001, 2002])
+    # the series timeout passed: without finish_incomplete the job will do nothing more for that grid
+    assert plan_lib.stream_waiting(records, "1010-1011", years, False) == {}
+    # with finish_incomplete the job filters it next: wait for that
+    assert plan_lib.stream_waiting(records, "1010-1011", years, True) == {1011: "incomplete"}
+    records["cogs/2002/streaming/1011.json"] = _status(1011, "finished incomplete", [2000], missing=[2001, 2002])
+    assert plan_lib.stream_waiting(records, "1010-1011", years, True) == {}
+    # a status file of other years (an earlier run into the same output) does not count
+    records["cogs/2002/streaming/1010.json"] = _status(1010, "filtered", [1999, 2000, 2001, 2002])
+    assert plan_lib.stream_waiting(records, "1010-1011", years, True) == {1010: "no status file yet"}
+
+
 # --- the plan against the real command line and pipeline options ------------------------------------------
 
 @needs_project

@@ -5,12 +5,15 @@
 
 - the `mining-mapper export` / `ingest` / `ee-poststeps` command lines, run in the project image;
 - the request body of the Flex Template launch (`projects.locations.flexTemplates.launch`);
-- the (grid, year) exports that must exist before the Dataflow job starts (`missing_exports`).
+- the (grid, year) exports that must exist before the Dataflow job starts (`missing_exports`);
+- in streaming mode (config or param `streaming`), the request that starts the streaming job before the
+  exports are submitted (`stream_body`), and when that job is done (`stream_waiting`: every grid's status file
+  `{output}/streaming/{grid}.json` says it was filtered), so that the DAG drains it.
 
 Configuration comes from one Airflow Variable holding JSON (default name `mining_mapper`; nothing secret in
 it: credentials are the Composer environment's service account). Required keys: project, region, bucket,
 template, image, model, collection, grids. The rest have the defaults in `DEFAULTS`. A manual run may give
-`years` and `grids` as DAG params; a scheduled run processes `first_year` … the year before its run date
+`years`, `grids` and `streaming` as DAG params; a scheduled run processes `first_year` … the year before its run date
 (the filters need the whole series: gap fill, temporal and frequency work across years).
 """
 from __future__ import annotations
@@ -48,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
     "experiments": ["use_runner_v2", "no_use_multiple_sdk_containers"],
     "poll_seconds": 60,
     "export_timeout_hours": 48,
+    "streaming": False,  # True: start the streaming job before the exports, drain it once every grid is filtered
+    "series_timeout_hours": 168,  # streaming: a grid still incomplete this long after its first export is reported
+    "finish_incomplete": False,  # streaming: then filter it with the years it has (the DAG then drains the job)
     "namespace": "composer-user-workloads",
     "kube_config": "/home/airflow/composer_kube_config",
 }
@@ -181,9 +187,52 @@ def flex_template_body(config: Mapping[str, Any], exports: str, output: str, gri
     }
 
 
+def stream_body(flex_body: Mapping[str, Any], config: Mapping[str, Any], last_year: int) -> dict[str, Any]:
+    """The batch launch request turned into the streaming job's: Beam's `streaming=true`, the series timeout and
+    `finish_incomplete`, and its own job name (`mining-mapper-stream-{last_year}`)."""
+    launch = dict(flex_body["launchParameter"])
+    parameters = dict(launch["parameters"])
+    parameters.update({
+        "streaming": "true",
+        "series_timeout": str(int(float(config["series_timeout_hours"]) * 3600)),
+        "finish_incomplete": str(bool(config["finish_incomplete"])).lower(),
+    })
+    # the configuration's own pipeline_parameters (e.g. a series_timeout in seconds) win, as in the batch job
+    parameters.update({name: str(value) for name, value in config["pipeline_parameters"].items()})
+    launch.update(parameters=parameters, jobName=_JOB_NAME.sub("-", f"mining-mapper-stream-{last_year}".lower()))
+    return {"launchParameter": launch}
+
+
+def stream_waiting(records: Mapping[str, Mapping[str, Any]], grids: str, years: str,
+                   finish_incomplete: bool) -> dict[int, str]:
+    """The grids the streaming job has not finished yet, each with why (empty: the DAG may drain the job).
+
+    `records` are the status files `{output}/streaming/{grid}.json` written since the DAG run started (object
+    name → parsed JSON; transforms/streaming.py writes them). A grid is finished when its latest file is for
+    this run's years and says `filtered` or `finished incomplete`; or, without `finish_incomplete`, says
+    `incomplete` (the series timeout passed: the job will not filter it unless its missing exports arrive).
+    """
+    asked = expand_ids(years, "years")
+    state: dict[int, str] = {}
+    for record in records.values():
+        grid = str(record.get("grid", ""))
+        if not grid.isdigit():
+            continue
+        covered = sorted({int(y) for y in record.get("years_in", {})} | {int(y) for y in record.get("missing_years", [])})
+        if covered != asked:
+            continue  # a status file of another run's years
+        state[int(grid)] = str(record.get("state", ""))
+    done = {"filtered", "finished incomplete"} | (set() if finish_incomplete else {"incomplete"})
+    return {grid: state.get(grid, "no status file yet") for grid in expand_ids(grids, "grids")
+            if state.get(grid) not in done}
+
+
 def plan_run(config: Mapping[str, Any] | None, params: Mapping[str, Any], run_date: datetime) -> dict[str, Any]:
     """Everything one DAG run needs, from the configuration Variable, the run's params and its date."""
     config = merged_config(config)
+    streaming = config["streaming"] if params.get("streaming") is None else params["streaming"]
+    if not isinstance(streaming, bool):
+        raise PlanError(f"streaming must be true or false, not {streaming!r}")
     years = run_years(params, config, run_date)
     grid_ids = expand_ids(params.get("grids") or config["grids"], "grids")
     if not grid_ids:
@@ -220,6 +269,7 @@ def plan_run(config: Mapping[str, Any] | None, params: Mapping[str, Any], run_da
                 poststeps_args += [flag, str(config[key])]
         poststeps_args += ["--overwrite", *wait, *access]
 
+    flex_body = flex_template_body(config, exports, output, grids, year_text, last_year)
     return {
         "years": year_text,
         "grids": grids,
@@ -236,7 +286,11 @@ def plan_run(config: Mapping[str, Any] | None, params: Mapping[str, Any], run_da
         "export_args": export_args,
         "ingest_args": ingest_args,
         "poststeps_args": poststeps_args,
-        "flex_body": flex_template_body(config, exports, output, grids, year_text, last_year),
+        "flex_body": flex_body,
+        "streaming": streaming,
+        "stream_body": stream_body(flex_body, config, last_year) if streaming else None,
+        "finish_incomplete": bool(config["finish_incomplete"]),
+        "status_prefix": f"{output.split('/', 3)[3]}/streaming/",  # object names of the status files
     }
 
 
