@@ -256,10 +256,15 @@ def test_flex_parameters_are_valid_pipeline_options_and_match_the_metadata_regex
 # --- the DAG under real Airflow ---------------------------------------------------------------------------
 
 EXPECTED_EDGES = {
-    "plan": {"ee_export"},
-    "ee_export": {"wait_for_exports"},
+    "plan": {"mode"},
+    "mode": {"start_stream", "ee_export"},
+    "start_stream": {"ee_export"},
+    "ee_export": {"after_export"},
+    "after_export": {"wait_for_exports", "wait_for_stream"},
     "wait_for_exports": {"classify"},
     "classify": {"ingest_cogs"},
+    "wait_for_stream": {"drain_stream", "ingest_cogs"},
+    "drain_stream": {"ingest_cogs"},
     "ingest_cogs": {"has_poststeps"},
     "has_poststeps": {"ee_poststeps"},
     "ee_poststeps": set(),
@@ -300,14 +305,22 @@ def test_dag_task_graph(dag_module):
 @needs_airflow
 def test_dag_schedule_params_and_operators(dag_module):
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-    from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator
+    from airflow.providers.google.cloud.operators.dataflow import DataflowStartFlexTemplateOperator, DataflowStopJobOperator
 
     dag, _ = dag_module
     timetable = dag.timetable  # the Task SDK's definition in Airflow 3, the scheduler's class in Airflow 2
     assert (getattr(timetable, "expression", None) or timetable.summary) == "0 6 1 3 *"
     assert dag.catchup is False and dag.max_active_runs == 1 and dag.render_template_as_native_obj
-    assert set(dag.params.keys()) == {"years", "grids"}
+    assert set(dag.params.keys()) == {"years", "grids", "streaming"}
     assert isinstance(dag.task_dict["classify"], DataflowStartFlexTemplateOperator)
+    assert isinstance(dag.task_dict["start_stream"], DataflowStartFlexTemplateOperator)
+    drain = dag.task_dict["drain_stream"]
+    assert isinstance(drain, DataflowStopJobOperator) and drain.drain_pipeline is True
+    # the joins after a branch run after whichever side ran; the drain also after a failure upstream
+    assert dag.task_dict["ee_export"].trigger_rule == "none_failed_min_one_success"
+    assert dag.task_dict["ingest_cogs"].trigger_rule == "none_failed_min_one_success"
+    assert drain.trigger_rule == "none_skipped"
+    assert dag.task_dict["wait_for_stream"].mode == "reschedule"
     for task_id in ("ee_export", "ingest_cogs", "ee_poststeps"):
         pod = dag.task_dict[task_id]
         assert isinstance(pod, KubernetesPodOperator) and pod.cmds == ["mining-mapper"]
@@ -321,8 +334,10 @@ class _FakeTaskInstance:
     def __init__(self, plan):
         self.plan = plan
 
-    def xcom_pull(self, task_ids=None, **_):
-        """The plan, for the one task the DAG pulls from."""
+    def xcom_pull(self, task_ids=None, key="return_value", **_):
+        """The plan; the streaming job's id (what DataflowStartFlexTemplateOperator pushes as job_id)."""
+        if (task_ids, key) == ("start_stream", "job_id"):
+            return "2026-03-01_06_00_00-123"
         assert task_ids == "plan"
         return self.plan
 
@@ -330,11 +345,13 @@ class _FakeTaskInstance:
 @needs_airflow
 def test_rendered_operator_fields_are_the_plan(dag_module):
     dag, _ = dag_module
-    plan = plan_lib.plan_run({**CONFIG, "poststeps": "prevalence", "landcover": "projects/m/lulc"}, {}, MARCH_2025)
+    plan = plan_lib.plan_run({**CONFIG, "poststeps": "prevalence", "landcover": "projects/m/lulc"}, {"streaming": True},
+                             MARCH_2025)
     context = {"ti": _FakeTaskInstance(plan), "params": {}}
     env = dag.get_template_env()
     rendered = {}
-    for task_id in ("ee_export", "ingest_cogs", "ee_poststeps", "classify", "wait_for_exports"):
+    for task_id in ("ee_export", "ingest_cogs", "ee_poststeps", "classify", "wait_for_exports", "start_stream",
+                    "wait_for_stream", "drain_stream"):
         task = dag.task_dict[task_id].prepare_for_execution() if hasattr(dag.task_dict[task_id], "prepare_for_execution") \
             else dag.task_dict[task_id]
         task.render_template_fields(context, jinja_env=env)
@@ -348,6 +365,12 @@ def test_rendered_operator_fields_are_the_plan(dag_module):
     assert rendered["classify"].body == plan["flex_body"]
     assert rendered["classify"].location == "us-central1" and rendered["classify"].project_id == "my-project"
     assert rendered["wait_for_exports"].op_kwargs == {"plan": plan}
+    assert rendered["start_stream"].body == plan["stream_body"]
+    assert rendered["start_stream"].body["launchParameter"]["parameters"]["streaming"] == "true"
+    assert rendered["start_stream"].location == "us-central1" and rendered["start_stream"].project_id == "my-project"
+    assert rendered["wait_for_stream"].op_kwargs == {"plan": plan}
+    assert rendered["drain_stream"].job_id == "2026-03-01_06_00_00-123"
+    assert rendered["drain_stream"].location == "us-central1" and rendered["drain_stream"].project_id == "my-project"
 
 
 @needs_airflow
@@ -388,3 +411,40 @@ def test_poststeps_are_skipped_when_none_are_configured(dag_module):
     assert callable_(ti=_FakeTaskInstance(plan_lib.plan_run(CONFIG, {}, MARCH_2025))) is False
     with_steps = plan_lib.plan_run({**CONFIG, "poststeps": "prevalence", "landcover": "x"}, {}, MARCH_2025)
     assert callable_(ti=_FakeTaskInstance(with_steps)) is True
+
+
+@needs_airflow
+def test_branches_follow_the_plans_mode(dag_module):
+    dag, _ = dag_module
+    batch = _FakeTaskInstance(plan_lib.plan_run(CONFIG, {}, MARCH_2025))
+    stream = _FakeTaskInstance(plan_lib.plan_run(CONFIG, {"streaming": True}, MARCH_2025))
+    mode, after_export = dag.task_dict["mode"].python_callable, dag.task_dict["after_export"].python_callable
+    assert (mode(ti=batch), after_export(ti=batch)) == ("ee_export", "wait_for_exports")
+    assert (mode(ti=stream), after_export(ti=stream)) == ("start_stream", "wait_for_stream")
+
+
+@needs_airflow
+def test_stream_sensor_reads_status_files_written_since_the_run_started(dag_module, monkeypatch):
+    from datetime import timezone
+
+    _, module = dag_module
+    plan = plan_lib.plan_run(CONFIG, {"years": "2000-2001", "grids": "1010-1011", "streaming": True}, MARCH_2025)
+    objects = {"cogs/2001/streaming/1010.json": _status(1010, "filtered", [2000, 2001])}
+    calls = []
+
+    class FakeGCSHook:
+        def list_by_timespan(self, bucket_name, timespan_start, timespan_end, prefix=None, match_glob=None, **_):
+            calls.append((bucket_name, timespan_start, prefix, match_glob))
+            return sorted(objects)
+
+        def download(self, bucket_name, object_name, **_):
+            return json.dumps(objects[object_name]).encode()
+
+    class FakeDagRun:
+        start_date = datetime(2026, 3, 1, 6, 0, tzinfo=timezone.utc)
+
+    monkeypatch.setattr(module, "GCSHook", FakeGCSHook)
+    assert module.stream_done(plan, dag_run=FakeDagRun()) is False  # grid 1011 has no status file yet
+    objects["cogs/2001/streaming/1011.json"] = _status(1011, "filtered", [2000, 2001])
+    assert module.stream_done(plan, dag_run=FakeDagRun()) is True
+    assert calls[0] == ("my-bucket", FakeDagRun.start_date, "cogs/2001/streaming/", "**/*.json")
