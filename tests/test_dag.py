@@ -253,6 +253,23 @@ def test_flex_parameters_are_valid_pipeline_options_and_match_the_metadata_regex
     assert run_config.require_gpu is True
 
 
+@needs_project
+def test_stream_parameters_are_the_streaming_jobs_pipeline_options():
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    from pipeline.options import MiningMapperOptions, option_names
+
+    regexes = {p["name"]: p.get("regexes", []) for p in json.loads(METADATA.read_text())["parameters"]}
+    config = {**CONFIG, "streaming": True, "series_timeout_hours": 36, "finish_incomplete": True}
+    parameters = plan_lib.plan_run(config, {}, MARCH_2025)["stream_body"]["launchParameter"]["parameters"]
+    for name in ("series_timeout", "finish_incomplete"):
+        assert all(re.match(pattern, parameters[name]) for pattern in regexes[name]), name
+    argv = [f"--{name}={value}" for name, value in parameters.items() if name in option_names()]
+    options = PipelineOptions([*argv, "--streaming"]).view_as(MiningMapperOptions)
+    assert options.series_timeout == 36 * 3600 and options.finish_incomplete == "true"  # SwitchAction's form
+    assert PipelineOptions(["--streaming"]).view_as(StandardOptions).streaming  # what templates/main.py passes
+
+
 # --- the DAG under real Airflow ---------------------------------------------------------------------------
 
 EXPECTED_EDGES = {
