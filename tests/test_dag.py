@@ -14,7 +14,7 @@ import importlib.util
 import json
 import re
 import sys
-from datetime import datetime
+from datetime import datetime, UTC
 from pathlib import Path
 
 import pytest
@@ -442,7 +442,6 @@ def test_branches_follow_the_plans_mode(dag_module):
 
 @needs_airflow
 def test_stream_sensor_reads_status_files_written_since_the_run_started(dag_module, monkeypatch):
-    from datetime import timezone
 
     _, module = dag_module
     plan = plan_lib.plan_run(CONFIG, {"years": "2000-2001", "grids": "1010-1011", "streaming": True}, MARCH_2025)
@@ -458,7 +457,7 @@ def test_stream_sensor_reads_status_files_written_since_the_run_started(dag_modu
             return json.dumps(objects[object_name]).encode()
 
     class FakeDagRun:
-        start_date = datetime(2026, 3, 1, 6, 0, tzinfo=timezone.utc)
+        start_date = datetime(2026, 3, 1, 6, 0, tzinfo=UTC)
 
     monkeypatch.setattr(module, "GCSHook", FakeGCSHook)
     assert module.stream_done(plan, dag_run=FakeDagRun()) is False  # grid 1011 has no status file yet

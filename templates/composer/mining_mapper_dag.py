@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, UTC
 
 from kubernetes.client import models as k8s
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
@@ -80,8 +80,8 @@ def stream_done(plan: dict, dag_run=None) -> bool:
     job has finished it (a file left by an earlier run into the same output is not read)."""
     hook = GCSHook()
     bucket = plan["exports_bucket"]
-    since = getattr(dag_run, "start_date", None) or datetime(1970, 1, 1, tzinfo=timezone.utc)
-    names = hook.list_by_timespan(bucket, timespan_start=since, timespan_end=datetime.now(timezone.utc),
+    since = getattr(dag_run, "start_date", None) or datetime(1970, 1, 1, tzinfo=UTC)
+    names = hook.list_by_timespan(bucket, timespan_start=since, timespan_end=datetime.now(UTC),
                                   prefix=plan["status_prefix"], match_glob="**/*.json")
     records = {name: json.loads(hook.download(bucket, name)) for name in names}
     waiting = stream_waiting(records, plan["grids"], plan["years"], plan["finish_incomplete"])
