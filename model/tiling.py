@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from model import receptive_field
-from pipeline.contract import core_pixels_cost  # noqa: F401 - part of this module's API (tests, bench)
 from pipeline.elements import ExportGeometry, ExportPatch
 from pipeline.elements import ClassifiedPatch
 from pipeline.method.tiles import classify_patch

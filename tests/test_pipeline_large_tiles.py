@@ -27,7 +27,6 @@ RES = 0.00026949458523585647
 def write_random_exports(root: Path, kernel: int, seed: int = 0) -> None:
     """One export per year of grid 1010: records of (PATCH + kernel)², cut from one random image per year."""
     rng = np.random.default_rng(seed)
-    half = kernel // 2
     for year in YEARS:
         image = rng.uniform(1.0, 255.0, size=(ROWS * PATCH + kernel, COLS * PATCH + kernel, len(BANDS))).astype(np.float32)
         gaps = rng.random(image.shape[:2]) < 0.05
@@ -40,7 +39,6 @@ def write_random_exports(root: Path, kernel: int, seed: int = 0) -> None:
             r, c = divmod(index, COLS)
             record = image[r * PATCH : r * PATCH + PATCH + kernel, c * PATCH : c * PATCH + PATCH + kernel]
             records.append(frame_record(encode_example({band: record[..., i].ravel() for i, band in enumerate(BANDS)})))
-        assert half >= 0
         with gzip.open(folder / "mining-00000.tfrecord.gz", "wb") as handle:
             handle.write(b"".join(records))
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from pipeline.contract import core_pixels_cost
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -158,8 +160,8 @@ def test_memory_and_cost_statements():
     assert one["activations"] == receptive_field.activation_bytes(model, 64, 64)
     assert four["activations"] == 4 * one["activations"] // 2
     assert tiling.largest_batch(model, 64, 3, 10 * one["total"]) == 10
-    assert tiling.core_pixels_cost(256, 256) == {"inferred_per_core_pixel": 4.0, "bytes_per_core_pixel_per_band": 16.0}
-    assert tiling.core_pixels_cost(1024, 192)["inferred_per_core_pixel"] == pytest.approx(1.41, abs=0.01)
+    assert core_pixels_cost(256, 256) == {"inferred_per_core_pixel": 4.0, "bytes_per_core_pixel_per_band": 16.0}
+    assert core_pixels_cost(1024, 192)["inferred_per_core_pixel"] == pytest.approx(1.41, abs=0.01)
 
 
 def test_module_imports_without_tensorflow_or_beam():

@@ -27,12 +27,11 @@ from pipeline.elements import (
     PatchKey,
     RawDecision,
 )
-from pipeline.io.filesystem import exists, read_bytes, write_atomically
+from pipeline.io.filesystem import write_atomically
 from pipeline.io.raw import (
-    RawMismatch,
     assemble_raw,
-    decode_raw,
     encode_raw,
+    find_raw,
     export_identity,
     fingerprint,
     model_digest,
@@ -48,6 +47,14 @@ REUSED_GEOMETRY = "reused_geometry"
 DECISIONS = "decisions"
 
 
+def grid_year_fingerprint(config: RunConfig, digests: Mapping[str, str], grid: str, year: int,
+                          identity: list | None = None) -> str:
+    """The fingerprint a grid-year's raw result must carry in this run (its model, preset, export, precision)."""
+    identity = export_identity(config.exports, grid, year) if identity is None else identity
+    return fingerprint(digests[config.route_for(grid).name], config.band_preset, config.bands, config.export_nodata,
+                       identity, config.inference_precision)
+
+
 def model_digests(config: RunConfig) -> dict[str, str]:
     """Route name → digest of its model's files (computed once, when the job is built)."""
     return {route.name: model_digest(route.path) for route in config.routes}
@@ -60,7 +67,6 @@ class _DecideFn(beam.DoFn):
         super().__init__()
         self._config = config
         self._digests = dict(digests)
-        self._precision = config.inference_precision
         self._output_raw = raw_root(config.output)
         self._reused = Metrics.counter(NAMESPACE, "grid_years_reused")
         self._reused_patches = Metrics.counter(NAMESPACE, "patches_reused")
@@ -69,33 +75,21 @@ class _DecideFn(beam.DoFn):
         """Re-use the grid-year's raw result when its fingerprint matches, else send it on to be read."""
         config = self._config
         grid, year = key
-        expected = fingerprint(self._digests[config.route_for(grid).name], config.band_preset, config.bands,
-                               config.export_nodata, export_identity(config.exports, grid, year), self._precision)
-        reason = "re-use turned off"
-        if config.reuse_raw:
-            source = raw_path(config.reuse_raw, grid, year)
-            reason = f"no raw result at {source}"
-            if exists(source):
-                try:
-                    data = read_bytes(source)
-                    geometry, probability = decode_raw(data, source, grid, year, expected)
-                except RawMismatch as mismatch:
-                    reason = str(mismatch)
-                except Exception as error:  # noqa: BLE001 - an unreadable file is re-inferred, not fatal
-                    reason = f"{source}: cannot read ({error})"
-                else:
-                    if config.reuse_raw.rstrip("/") != self._output_raw:
-                        write_atomically(raw_path(self._output_raw, grid, year), data)  # the output keeps its raw results
-                    patches = patches_of_probability(geometry, probability, config.threshold)
-                    for patch in patches:
-                        yield pvalue.TaggedOutput(REUSED_PATCHES, (patch.key, patch))
-                    yield pvalue.TaggedOutput(REUSED_GEOMETRY, (key, geometry))
-                    yield pvalue.TaggedOutput(DECISIONS, (key, RawDecision(grid, year, "reused", expected)))
-                    self._reused.inc()
-                    self._reused_patches.inc(len(patches))
-                    return
-        yield pvalue.TaggedOutput(DECISIONS, (key, RawDecision(grid, year, "inferred", expected, reason)))
-        yield key
+        expected = grid_year_fingerprint(config, self._digests, grid, year)
+        found, reason = find_raw([config.reuse_raw and raw_path(config.reuse_raw, grid, year)], grid, year, expected,
+                                 keep_in=raw_path(self._output_raw, grid, year))
+        if found is None:
+            yield pvalue.TaggedOutput(DECISIONS, (key, RawDecision(grid, year, "inferred", expected, reason)))
+            yield key
+            return
+        geometry, probability = found
+        patches = patches_of_probability(geometry, probability, config.threshold)
+        for patch in patches:
+            yield pvalue.TaggedOutput(REUSED_PATCHES, (patch.key, patch))
+        yield pvalue.TaggedOutput(REUSED_GEOMETRY, (key, geometry))
+        yield pvalue.TaggedOutput(DECISIONS, (key, RawDecision(grid, year, "reused", expected)))
+        self._reused.inc()
+        self._reused_patches.inc(len(patches))
 
 
 class DecideRawReuse(beam.PTransform):

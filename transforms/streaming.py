@@ -43,15 +43,15 @@ from pipeline.config import RunConfig
 from pipeline.elements import ClassifiedPatch, DeadLetter, ExportGeometry, ExportPatch, GridYearKey, GridYearRecords, GridYearStatus, TileKey
 from pipeline.io.export_layout import export_dir_of
 from pipeline.io.export_reader import read_export
-from pipeline.io.filesystem import absolute_uri, exists, join, match, publish_atomically, read_bytes, read_json, write_atomically
+from pipeline.io.filesystem import absolute_uri, join, match, publish_atomically, read_bytes, read_json, write_atomically
 from pipeline.io.summary import RunSummary, now_utc
-from pipeline.io.raw import RawMismatch, assemble_raw, decode_raw, encode_raw, export_identity, fingerprint, raw_path, raw_root
+from pipeline.io.raw import assemble_raw, decode_raw, encode_raw, export_identity, find_raw, raw_path, raw_root
 from pipeline.method.tiles import halo_strips, patches_of_probability, spatial_frequency_tile, split_years, stack_tile_years, temporal_filter_tile
 from transforms.consistency import _dead_letters
 from transforms.inference import _handler
 from transforms.job import output_tags, run_manifest, run_parameters, summary_path
 from transforms.metrics import NAMESPACE
-from transforms.raw import model_digests
+from transforms.raw import grid_year_fingerprint, model_digests
 from transforms.write import DEAD_LETTER, GEOMETRY, MISSING, TILES, _WriteGridYear
 
 STATUS_FOLDER = "streaming"
@@ -136,20 +136,12 @@ class _InferCompleteExportFn(beam.DoFn):
         if not any(name.endswith("mixer.json") for name, _, _ in identity):
             self._incomplete.inc()
             return None
-        expected = fingerprint(self._digests[config.route_for(grid).name], config.band_preset, config.bands,
-                               config.export_nodata, identity, config.inference_precision)
+        expected = grid_year_fingerprint(config, self._digests, grid, year, identity)
         target = raw_path(raw_root(config.output), grid, year)
-        for source in dict.fromkeys(filter(None, (target, config.reuse_raw and raw_path(config.reuse_raw, grid, year)))):
-            if exists(source):
-                data = read_bytes(source)
-                try:
-                    decode_raw(data, source, grid, year, expected)
-                except RawMismatch:
-                    continue
-                if source != target:
-                    write_atomically(target, data)
-                self._reused.inc()
-                return expected
+        found, _ = find_raw([target, config.reuse_raw and raw_path(config.reuse_raw, grid, year)], grid, year, expected, keep_in=target)
+        if found is not None:
+            self._reused.inc()
+            return expected
         patches, geometry, dead = [], None, False
         for event in read_export(export_dir_of(config.exports, grid, year), grid, year, config.bands, config.export_nodata):
             if isinstance(event, ExportPatch):

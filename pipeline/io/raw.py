@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.contract import NOT_OBSERVED
 from pipeline.elements import ClassifiedPatch, ExportGeometry
 from pipeline.io.export_layout import export_dir_of
-from pipeline.io.filesystem import join, match_identity, open_read
+from pipeline.io.filesystem import exists, join, match_identity, open_read, read_bytes, write_atomically
 
 RAW_FOLDER = "raw"
 RAW_FORMAT = "mining-mapper.raw/1"
@@ -151,3 +151,28 @@ def decode_raw(data: bytes, source: str, grid: str, year: int, expected: str) ->
     if probability.shape != (geometry.height, geometry.width):
         raise RawMismatch(f"{source}: {probability.shape} pixels, its geometry says {(geometry.height, geometry.width)}")
     return geometry, probability
+
+
+def find_raw(sources: Iterable[str | None], grid: str, year: int, expected: str,
+             keep_in: str | None = None) -> tuple[tuple[ExportGeometry, np.ndarray] | None, str]:
+    """The first of `sources` holding this grid-year's raw result with fingerprint `expected`:
+    ((geometry, probability), "") — copied to `keep_in` when it lies elsewhere, so an output keeps its raw
+    results — or (None, why none could be trusted: absent, truncated, foreign, another fingerprint)."""
+    reason = "re-use turned off"
+    for source in dict.fromkeys(s for s in sources if s):
+        reason = f"no raw result at {source}"
+        if not exists(source):
+            continue
+        try:
+            data = read_bytes(source)
+            decoded = decode_raw(data, source, grid, year, expected)
+        except RawMismatch as mismatch:
+            reason = str(mismatch)
+            continue
+        except Exception as error:  # noqa: BLE001 - an unreadable file is re-inferred, not fatal
+            reason = f"{source}: cannot read ({error})"
+            continue
+        if keep_in and source != keep_in:
+            write_atomically(keep_in, data)
+        return decoded, ""
+    return None, reason
