@@ -64,6 +64,18 @@ def _template(expression: str) -> str:
     return "{{ ti.xcom_pull(task_ids='plan')" + expression + " }}"
 
 
+def _flex_template_job(task_id: str, body: str) -> DataflowStartFlexTemplateOperator:
+    """The Flex Template launch of the plan's `body` request, in its project and region, never retried blindly."""
+    return DataflowStartFlexTemplateOperator(
+        task_id=task_id,
+        body=_template(f"['{body}']"),
+        project_id=_template("['project']"),
+        location=_template("['region']"),
+        append_job_name=True,
+        retries=0,
+    )
+
+
 def exports_ready(plan: dict) -> bool:
     """Sensor callable: True once every (grid, year) export of the run has its mixer in the bucket."""
     names = GCSHook().list(plan["exports_bucket"], prefix=plan["exports_prefix"], match_glob="**/*mixer.json")
@@ -154,14 +166,8 @@ with DAG(
         """Streaming mode starts the streaming job first; batch mode goes straight to the exports."""
         return "start_stream" if ti.xcom_pull(task_ids="plan")["streaming"] else "ee_export"
 
-    start_stream = DataflowStartFlexTemplateOperator(
-        task_id="start_stream",
-        body=_template("['stream_body']"),
-        project_id=_template("['project']"),
-        location=_template("['region']"),
-        append_job_name=True,
-        retries=0,  # a second streaming job would write the same files: look first
-    )
+    # retries=0: a second streaming job would write the same files: look first
+    start_stream = _flex_template_job("start_stream", "stream_body")
 
     ee_export = mining_mapper_pod("ee_export", _template("['export_args']"),
                                   execution_timeout=timedelta(hours=50),
@@ -181,14 +187,8 @@ with DAG(
         timeout=timedelta(days=3).total_seconds(),
     )
 
-    classify = DataflowStartFlexTemplateOperator(
-        task_id="classify",
-        body=_template("['flex_body']"),
-        project_id=_template("['project']"),
-        location=_template("['region']"),
-        append_job_name=True,
-        retries=0,  # a failed Dataflow job is looked at, not relaunched blindly (it rewrites every COG)
-    )
+    # retries=0: a failed Dataflow job is looked at, not relaunched blindly (it rewrites every COG)
+    classify = _flex_template_job("classify", "flex_body")
 
     wait_for_stream = PythonSensor(
         task_id="wait_for_stream",
