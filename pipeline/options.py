@@ -62,8 +62,8 @@ class MiningMapperOptions(PipelineOptions):
                             "published, every COG, CSV and dead-letter file its summary does not list is removed (without it, a folder "
                             "holding another run's outputs is refused)")
         parser.add_argument("--require_gpu", action=SwitchAction, help="fail at start-up when no GPU is visible to TensorFlow")
-        parser.add_argument("--series_timeout", type=float, default=7 * 24 * 3600.0, help="streaming: seconds after a grid's "
-                            "first export after which a grid still missing years is reported in {output}/streaming/{grid}.json")
+        parser.add_argument("--series_timeout", type=float, default=7 * 24 * 3600.0, help="streaming: seconds after the job "
+                            "starts after which a grid still missing years is reported in {output}/streaming/{grid}.json")
         parser.add_argument("--watch_interval", type=float, default=60.0, help="streaming: seconds between two listings of --exports")
         parser.add_argument("--finish_incomplete", action=SwitchAction, help="streaming: at the series timeout, filter a grid with "
                             "the years it has (missing years not observed, their COGs reported skipped)")

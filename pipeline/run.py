@@ -76,7 +76,10 @@ def _run_pipeline(options, arguments, argv, config, *, runner_name, local: bool)
     started = now_utc()
     recorded = command_line() if argv is None else ["mining-mapper", "run", *arguments]
     if options.view_as(StandardOptions).streaming:
-        return _run_streaming(options, config, options.view_as(MiningMapperOptions), started, recorded)
+        view = options.view_as(MiningMapperOptions)
+        if local:
+            return _run_streaming_locally(options, config, view, started, recorded)
+        return _run_streaming(options, config, view, started, recorded)
     with beam.Pipeline(runner=runner, options=options) as pipeline:
         _ = pipeline | "Mining mapper" >> MiningMapperJob(config=config, started=started, command_line=recorded)
     result = pipeline.result
@@ -93,14 +96,9 @@ def _run_pipeline(options, arguments, argv, config, *, runner_name, local: bool)
 
 
 def check_streaming(options, local: bool) -> None:
-    """Refuse a streaming run that cannot work, before anything is read: on a local runner (the FnApiRunner
-    has no streaming mode and Beam's BundleBasedDirectRunner cannot run the splittable DoFns of
-    `fileio.MatchContinuously`; locally the streaming transforms run under TestStream, tests/test_streaming.py),
-    or without --grids and --years (the exports do not exist yet when the job starts)."""
+    """Refuse a streaming run that cannot work, before anything is read: without --grids and --years (the
+    exports do not exist yet when the job starts), or with a timeout or interval that is not positive."""
     view = options.view_as(MiningMapperOptions)
-    if local:
-        raise UserError("--streaming needs --runner DataflowRunner: the local runners cannot watch a folder continuously "
-                        "(no splittable DoFns in streaming mode); run without --streaming for a local batch run")
     if not view.grids or not view.years:
         raise UserError("--streaming needs --grids and --years: the series each grid waits for (its exports do not exist yet)")
     if view.series_timeout <= 0 or view.watch_interval <= 0:
@@ -110,6 +108,7 @@ def check_streaming(options, local: bool) -> None:
 def _run_streaming(options, config, view, started: str, recorded: Sequence[str]) -> dict:
     """Submit the streaming job (transforms/streaming.py) to Dataflow; returns where its summary will be
     (rebuilt as grids complete; each grid's state is in {output}/streaming/{grid}.json)."""
+
     from transforms.streaming import StreamingGrids, WatchExports
 
     with beam.Pipeline(options=options) as pipeline:
@@ -118,9 +117,60 @@ def _run_streaming(options, config, view, started: str, recorded: Sequence[str])
             | "Watch exports" >> WatchExports(exports=config.exports, interval=view.watch_interval)
             | "Streaming grids" >> StreamingGrids(config=config, series_timeout=view.series_timeout,
                                                   finish_incomplete=view.finish_incomplete == "true",
-                                                  started=started, command_line=recorded)
+                                                  started=started, command_line=recorded, start_every_grid=True)
         )
     return {"summary": summary_path(config), "job": _job_id(pipeline.result)}
+
+
+def _run_streaming_locally(options, config, view, started: str, recorded: Sequence[str]) -> dict:
+    """Run the streaming job in this process on Beam's BundleBasedDirectRunner (the FnApiRunner has no
+    streaming mode), watching --exports every --watch_interval seconds, and stop it once every asked grid is
+    settled: filtered, or reported at its series timeout (counted from now; finished too with
+    --finish_incomplete). Prints a line per grid as it settles; returns the summary the job last wrote."""
+    import threading
+    import time
+
+    from transforms.streaming import LocalStreamingRunner, StreamingGrids, WatchExports, grids_settled
+
+    log = logging.getLogger(__name__)
+    pipeline = beam.Pipeline(runner=LocalStreamingRunner(), options=options)
+    _ = (
+        pipeline
+        | "Watch exports" >> WatchExports(exports=config.exports, interval=view.watch_interval, local=True)
+        | "Streaming grids" >> StreamingGrids(config=config, series_timeout=view.series_timeout,
+                                              finish_incomplete=view.finish_incomplete == "true", started=started,
+                                              command_line=recorded, start_every_grid=True)
+    )
+    result = pipeline.run(test_runner_api=False)
+    failures: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            result.wait_until_finish()
+        except BaseException as error:  # noqa: BLE001 - handed to the launching thread
+            failures.append(error)
+
+    waiter = threading.Thread(target=wait, name="streaming job", daemon=True)
+    waiter.start()
+    clock = time.time()
+    log.info("streaming: watching %s every %g s for %d grid(s) × %d year(s); stops once every grid is filtered or "
+             "reported at its series timeout (%g s)", config.exports, view.watch_interval, len(config.grids),
+             len(config.years), view.series_timeout)
+    settled: dict[str, str] = {}
+    try:
+        while waiter.is_alive() and len(settled) < len(config.grids):
+            time.sleep(min(view.watch_interval, 0.5))
+            for grid, state in sorted(grids_settled(config.output, config.grids).items()):
+                if grid not in settled:
+                    settled[grid] = state
+                    log.info("%s %d/%d grids (%.0f s)  %s", state, len(settled), len(config.grids), time.time() - clock, grid)
+    finally:
+        if waiter.is_alive():
+            result.cancel()
+    if failures:
+        raise failures[0]
+    path = summary_path(config)
+    return RunSummary.from_json(read_bytes(path), path).as_dict()
 
 
 def check_something_to_do(config) -> None:
@@ -188,8 +238,9 @@ def print_help() -> None:
         epilog="Beam's own flags pass through: --runner DataflowRunner --project … --region … --temp_location …; "
                "any other flag is refused. Every flag may be spelled with hyphens or underscores "
                "(--band-preset = --band_preset); true/false flags are switches too (--origin-band, --no-origin-band). "
-               "--streaming (Beam's flag, with --runner DataflowRunner, --grids and --years): the streaming job, which infers "
-               "each export as it lands and filters each grid when its series is complete (templates/README.md). "
+               "--streaming (Beam's flag, with --grids and --years): the streaming job, which infers each export as it lands and "
+               "filters each grid when its series is complete; on Dataflow it runs until drained (templates/README.md), "
+               "locally it watches --exports and stops once every grid is filtered or reported at its --series_timeout. "
                + EXIT_STATUS_HELP,
         formatter_class=HelpFormatter,
     )

@@ -17,7 +17,7 @@ import apache_beam as beam
 
 from pipeline.elements import GridYearStatus
 
-LOCAL_RUNNER_CLASSES = frozenset({"FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner"})
+LOCAL_RUNNER_CLASSES = frozenset({"FnApiRunner", "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "LocalStreamingRunner"})
 log = logging.getLogger(__name__)
 
 _LOCK = threading.Lock()

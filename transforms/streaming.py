@@ -29,21 +29,31 @@ each grid the moment its series is complete (issue 17).
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam import typehints
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics import Metrics
+from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Duration
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
+from apache_beam.io.restriction_trackers import OffsetRange
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from pipeline.config import RunConfig
 from pipeline.elements import ClassifiedPatch, DeadLetter, ExportGeometry, ExportPatch, GridYearKey, GridYearRecords, GridYearStatus, TileKey
 from pipeline.io.export_layout import export_dir_of
 from pipeline.io.export_reader import read_export
-from pipeline.io.filesystem import absolute_uri, join, match, publish_atomically, read_bytes, read_json, write_atomically
+from pipeline.errors import UserError
+from pipeline.io.filesystem import absolute_uri, exists, join, match, match_identity, publish_atomically, read_bytes, read_json, write_atomically
 from pipeline.io.summary import RunSummary, now_utc
 from pipeline.io.raw import assemble_raw, decode_raw, encode_raw, export_identity, find_raw, raw_path, raw_root
 from pipeline.method.tiles import halo_strips, patches_of_probability, spatial_frequency_tile, split_years, stack_tile_years, temporal_filter_tile
@@ -206,15 +216,29 @@ _YEARS = ReadModifyWriteStateSpec("years", PickleCoder())
 """A grid's state: {year: fingerprint} of the raw results in (never rasters)."""
 _FILTERED = ReadModifyWriteStateSpec("filtered", PickleCoder())
 """The {year: fingerprint} the grid's COGs were last made from."""
-_TIMEOUT = TimerSpec("series_timeout", TimeDomain.WATERMARK)
+_DEADLINE = ReadModifyWriteStateSpec("deadline", PickleCoder())
+"""When the grid's series timeout was set for (processing time), so that it is set once."""
+_TIMEOUT = TimerSpec("series_timeout", TimeDomain.REAL_TIME)
 _YEARS_PARAM, _FILTERED_PARAM, _TIMEOUT_PARAM = beam.DoFn.StateParam(_YEARS), beam.DoFn.StateParam(_FILTERED), beam.DoFn.TimerParam(_TIMEOUT)
+_DEADLINE_PARAM = beam.DoFn.StateParam(_DEADLINE)
+SETTLED = ("filtered", "finished incomplete", "incomplete")
+"""A grid's final states in its status file: filtered, or reported (and maybe finished) at its series timeout."""
 
 
 class _GridSeriesFn(beam.DoFn):
-    """(grid, (year, fingerprint)) → the grid's GridYearStatus once its series is complete (or timed out)."""
+    """(grid, (year, fingerprint)) → the grid's GridYearStatus once its series is complete (or timed out).
 
-    def __init__(self, config: RunConfig, series_timeout: float, finish_incomplete: bool, started: str, command_line: Sequence[str]):
+    (grid, None) is the series start (`StreamingGrids(start_every_grid=True)`): it only sets the grid's
+    timeout, so that a grid none of whose exports ever lands is reported too.
+
+    The series timeout is a processing-time timer: wall-clock seconds, as users set it, and a drained job
+    does not fire it (an event-time timer would, finishing every incomplete grid at the drain). `clock`
+    is the processing time the timer is set from (tests pass TestStream's, which starts at 0)."""
+
+    def __init__(self, config: RunConfig, series_timeout: float, finish_incomplete: bool, started: str, command_line: Sequence[str],
+                 clock=None):
         super().__init__()
+        self._clock = clock
         self._config = config
         self._started = started
         self._command_line = tuple(command_line)
@@ -224,17 +248,23 @@ class _GridSeriesFn(beam.DoFn):
         self._grids_filtered = Metrics.counter(NAMESPACE, "streaming_grids_filtered")
         self._duplicates = Metrics.counter(NAMESPACE, "streaming_duplicates")
 
-    def process(self, element, timestamp=beam.DoFn.TimestampParam, years=_YEARS_PARAM, filtered=_FILTERED_PARAM, timeout=_TIMEOUT_PARAM):
-        """Record the year's fingerprint; filter the grid when every asked year is in and something changed."""
-        grid, (year, fingerprint_) = element
+    def process(self, element, years=_YEARS_PARAM, filtered=_FILTERED_PARAM, timeout=_TIMEOUT_PARAM, deadline=_DEADLINE_PARAM):
+        """Record the year's fingerprint; filter the grid when every asked year is in and something changed.
+        The grid's first event (its series start, or else its first export) sets its series timeout."""
+        grid, event = element
+        if deadline.read() is None:
+            now = Timestamp.of(self._clock()) if self._clock else Timestamp.now()
+            deadline.write(now + Duration(seconds=self._timeout))
+            timeout.set(now + Duration(seconds=self._timeout))
+        if event is None:
+            return
+        year, fingerprint_ = event
         if year not in self._config.years:
             return
         current = dict(years.read() or {})
         if current.get(year) == fingerprint_:
             self._duplicates.inc()
             return
-        if not current:
-            timeout.set(timestamp + Duration(seconds=self._timeout))
         current[year] = fingerprint_
         years.write(current)
         if len(current) == len(self._config.years) and current != filtered.read():
@@ -279,53 +309,245 @@ class StreamingGrids(beam.PTransform):
     status file and the run's summary.json are rewritten as grids complete or time out."""
 
     def __init__(self, *, config: RunConfig, series_timeout: float, finish_incomplete: bool, started: str | None = None,
-                 command_line: Sequence[str] = ()):
+                 command_line: Sequence[str] = (), start_every_grid: bool = False, clock=None):
+        """`start_every_grid`: every asked grid's series timeout runs from the job's start, so that a grid
+        none of whose exports lands is reported too (else from the grid's first export). `clock`: the
+        processing time the timeouts are set from (tests: TestStream's, which starts at 0)."""
         super().__init__()
         self._config = config
         self._timeout = series_timeout
         self._finish_incomplete = finish_incomplete
         self._started = started or now_utc()
         self._command_line = tuple(command_line)
+        self._start_every_grid = start_every_grid
+        self._clock = clock
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
         config = self._config
         asked = set(config.grid_years())
-        return (
+        per_grid = typehints.KV[str, typehints.Optional[typehints.Tuple[int, str]]]
+        inferred = (
             events
             | "Asked grid-years" >> beam.Filter(lambda key: (key.grid, key.year) in asked)
-            | "Infer complete exports" >> beam.ParDo(_InferCompleteExportFn(config, model_digests(config))).with_output_types(
-                typehints.KV[str, typehints.Tuple[int, str]])
-            | "Per grid" >> beam.ParDo(_GridSeriesFn(config, self._timeout, self._finish_incomplete, self._started, self._command_line))
+            | "Infer complete exports" >> beam.ParDo(_InferCompleteExportFn(config, model_digests(config))).with_output_types(per_grid)
         )
+        if self._start_every_grid:
+            starts = (
+                events.pipeline
+                | "Grids asked" >> beam.Create(sorted(config.grids))
+                | "Series start" >> beam.Map(lambda grid: (grid, None)).with_output_types(per_grid)
+            )
+            inferred = (inferred, starts) | "With series starts" >> beam.Flatten()
+        return inferred | "Per grid" >> beam.ParDo(
+            _GridSeriesFn(config, self._timeout, self._finish_incomplete, self._started, self._command_line, self._clock))
+
+
+def grids_settled(output: str, grids: Sequence[str]) -> dict[str, str]:
+    """The grids whose status file says they are settled (SETTLED), with their state; what a local streaming
+    run waits for before it stops."""
+    settled = {}
+    for grid in grids:
+        path = grid_status_path(output, grid)
+        state = read_json(path).get("state") if exists(path) else None
+        if state in SETTLED:
+            settled[grid] = state
+    return settled
+
+
+_SEEN_PARAM = beam.DoFn.StateParam(ReadModifyWriteStateSpec("mtime", PickleCoder()))
+"""A file's state in the watch: the modification time it was last let through with."""
+
+
+class _FirstSightFn(beam.DoFn):
+    """(path, (GridYearKey, mtime)) → the GridYearKey the first time the file is seen with that modification
+    time: each poll lists every file again, and a keyed state per file lets each (path, mtime) through once."""
+
+    def process(self, element, seen=_SEEN_PARAM):
+        """Emit the file's grid-year once per modification time."""
+        _, (key, mtime) = element
+        if seen.read() == mtime:
+            return
+        seen.write(mtime)
+        yield key
+
+
+FOREVER = 2 ** 62
+"""The end of a watch's poll range (milliseconds since the epoch): never reached."""
+
+
+class _PollTracker(RestrictionTracker):
+    """The restriction of a watch: [next poll time, FOREVER) in milliseconds since the epoch.
+
+    Each call of the watch claims one poll time, then checkpoints: the residual starts just after it, so
+    the next call knows when its poll is due. It splits only to checkpoint after the claim (one watcher,
+    never parallel polls) and returns the same split if asked again."""
+
+    def __init__(self, restriction: OffsetRange):
+        self._range = restriction
+        self._claimed: int | None = None
+        self._split: tuple[OffsetRange, OffsetRange] | None = None
+        self.checkpointed = threading.Event()
+
+    def current_restriction(self) -> OffsetRange:
+        """The polls this call may still claim."""
+        return self._range
+
+    def try_claim(self, position: int) -> bool:
+        """Claim one poll time: once per call, within the range, before any checkpoint."""
+        if self._split is not None or self._claimed is not None or not self._range.start <= position < self._range.stop:
+            return False
+        self._claimed = position
+        return True
+
+    def try_split(self, fraction_of_remainder: float):
+        """Checkpoint after the claimed poll (fraction 0 only; nothing before a claim); idempotent."""
+        if self._split is None:
+            if self._claimed is None or fraction_of_remainder != 0:
+                return None
+            self._split = (OffsetRange(self._range.start, self._claimed + 1), OffsetRange(self._claimed + 1, self._range.stop))
+            self._range = self._split[0]
+            self.checkpointed.set()
+        return self._split
+
+    def check_done(self) -> None:
+        """Nothing to check: a call claims one poll and checkpoints the rest, or claims nothing and ends."""
+
+    def current_progress(self) -> RestrictionProgress:
+        """No fraction of an endless watch is done."""
+        return RestrictionProgress(completed=0.0, remaining=1.0)
+
+    def is_bounded(self) -> bool:
+        """A watch is unbounded."""
+        return False
+
+
+def _poll_range(restriction) -> OffsetRange:
+    """The OffsetRange of a watch's restriction. Beam's local runner hands a checkpoint back as the
+    invoker's list of SplitResultResidual (value ((element, (restriction, watermark state)), size))
+    instead of the restriction itself; this takes the restriction out of it."""
+    if isinstance(restriction, list | tuple):
+        return restriction[0].residual_value.value[0][1][0]
+    return restriction
+
+
+class _PollRestrictions(RestrictionProvider):
+    """One unsplittable, endless range of poll times per watched folder; truncated to nothing on a drain."""
+
+    def initial_restriction(self, element) -> OffsetRange:
+        """Every poll time from the epoch on."""
+        return OffsetRange(0, FOREVER)
+
+    def create_tracker(self, restriction) -> _PollTracker:
+        """The tracker that claims one poll per call."""
+        return _PollTracker(_poll_range(restriction))
+
+    def split(self, element, restriction):
+        """Never split up front: one watcher."""
+        yield _poll_range(restriction)
+
+    def restriction_size(self, element, restriction) -> int:
+        """One unit of work per watch."""
+        return 1
+
+    def truncate(self, element, restriction):
+        """A drained job stops watching."""
+        return None
+
+
+_POLL_RESTRICTIONS = beam.DoFn.RestrictionParam(_PollRestrictions())
+_POLL_WATERMARK = beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())
+_LOCAL_CHECKPOINT_WAIT = 5.0
+"""Seconds a local poll waits for Beam's local runner to checkpoint it (its timer fires after 1 s)."""
+
+
+@beam.DoFn.unbounded_per_element()
+class _PollExportsFn(beam.DoFn):
+    """exports root → (path, (GridYearKey, mtime)) of every file under `{exports}/*/*/` at each poll.
+
+    A splittable DoFn: each call claims the time of its poll, lists the exports and checkpoints the
+    rest of the watch until the next poll, `interval` seconds later. On Dataflow the wait is the runner's
+    (`defer_remainder`). Beam's local BundleBasedDirectRunner honours neither that nor a
+    ProcessContinuation (fileio.MatchContinuously's PeriodicImpulse fails there); it checkpoints a call
+    that is still running after one second, from a timer thread. So locally (`local=True`) a call claims
+    its poll time first, sleeps until it is due, lists, and returns only once that checkpoint is taken.
+    A listing that fails (a network blip) is logged and retried at the next poll."""
+
+    def __init__(self, *, interval: float, local: bool, stop_at: float | None = None):
+        super().__init__()
+        self._interval = float(interval)
+        self._local = local
+        self._stop_at = stop_at
+
+    def process(self, exports: str, tracker=_POLL_RESTRICTIONS, estimator=_POLL_WATERMARK):
+        """One poll: claim its time, wait until it is due (locally), list, emit every file, checkpoint."""
+        first = tracker.current_restriction().start
+        due = time.time() if first == 0 else max(time.time(), (first - 1) / 1000.0 + self._interval)
+        if self._stop_at is not None and due >= self._stop_at:
+            return []  # claims nothing: the watch ends
+        if not tracker.try_claim(max(int(due * 1000), first)):
+            return []
+        if self._local:
+            time.sleep(max(0.0, due - time.time()))
+        now = time.time()
+        estimator.set_watermark(Timestamp.of(now))
+        try:
+            listed = match_identity(join(exports, "*", "*", "*"))
+        except UserError as error:
+            logging.getLogger(__name__).warning("streaming: listing the exports failed, retried at the next poll: %s", error)
+            listed = []
+        files = [TimestampedValue((path, (key, mtime)), now) for path, _, mtime in listed
+                 for key in [grid_year_of_path(exports, path)] if key is not None]
+        if self._local:
+            tracker_ = getattr(tracker, "_threadsafe_restriction_tracker", tracker)
+            inner = getattr(tracker_, "_restriction_tracker", tracker_)
+            inner.checkpointed.wait(_LOCAL_CHECKPOINT_WAIT)
+        else:
+            tracker.defer_remainder(Duration(seconds=self._interval))
+        return files
+
+
+class LocalStreamingRunner(BundleBasedDirectRunner):
+    """Beam's BundleBasedDirectRunner (the local runner with a streaming mode), able to run splittable DoFns.
+
+    In streaming mode that runner replaces GroupByKeys with its streaming kind before the splittable-DoFn
+    expansion adds one, and then refuses the pipeline ("… ProcessKeyedElements/GroupByKey … was not
+    replaced as expected"). This one applies the splittable-DoFn overrides first, so that the streaming
+    ones see every GroupByKey."""
+
+    def run_pipeline(self, pipeline, options):
+        """Expand the splittable DoFns, then run as Beam's runner does."""
+        from apache_beam.runners.direct.sdf_direct_runner import ProcessKeyedElementsViaKeyedWorkItemsOverride, SplittableParDoOverride
+
+        pipeline.replace_all([SplittableParDoOverride(), ProcessKeyedElementsViaKeyedWorkItemsOverride()])
+        return super().run_pipeline(pipeline, options)
 
 
 class WatchExports(beam.PTransform):
-    """PBegin → GridYearKey for every new or re-written file under `{exports}/*/*/` (fileio.MatchContinuously).
+    """PBegin → GridYearKey for every new or re-written file under `{exports}/*/*/`.
 
-    `deduplicate` (Dataflow) emits each file once per modification time (Beam's Watch); without it (the local
-    BundleBasedDirectRunner, which cannot run Watch) every poll emits every file again, which the job absorbs:
-    a grid-year whose raw result already has the export's fingerprint is not inferred again, and a year
-    whose fingerprint the grid's state already holds changes nothing. `stop_after` (seconds) ends the
-    watch, for a bounded local run."""
+    A splittable DoFn lists the exports every `interval` seconds (`_PollExportsFn`) and a keyed state per
+    file (`_FirstSightFn`) lets each (path, mtime) through once. Our own watcher rather than
+    fileio.MatchContinuously, which Beam's local streaming runner cannot run (its PeriodicImpulse fails
+    there, and its Watch emits nothing): so the watcher that runs on Dataflow is the one the local smoke
+    test runs. A repeat is harmless anyway: a grid-year whose raw result already has the export's
+    fingerprint is not inferred again, and a year whose fingerprint the grid's state holds changes nothing.
+    `local` picks how a poll waits (see `_PollExportsFn`); `stop_after` (seconds) ends the watch."""
 
-    def __init__(self, *, exports: str, interval: float = 60.0, deduplicate: bool = True, stop_after: float | None = None):
+    def __init__(self, *, exports: str, interval: float = 60.0, local: bool = False, stop_after: float | None = None):
         super().__init__()
         self._exports = exports.rstrip("/")
         self._interval = interval
-        self._deduplicate = deduplicate
+        self._local = local
         self._stop_after = stop_after
 
-    def expand(self, pbegin):
-        from apache_beam.io.fileio import MatchContinuously
-        from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
+    def expand(self, pbegin) -> beam.PCollection:
+        import time
 
-        stop = MAX_TIMESTAMP if self._stop_after is None else Timestamp.now() + self._stop_after
-        exports = self._exports
+        stop_at = None if self._stop_after is None else time.time() + self._stop_after
         return (
             pbegin
-            | "Match continuously" >> MatchContinuously(f"{exports}/*/*/*", interval=self._interval, match_updated_files=True,
-                                                        has_deduplication=self._deduplicate, stop_timestamp=stop)
-            | "Grid-year of file" >> beam.FlatMap(lambda meta: [k for k in [grid_year_of_path(exports, meta.path)] if k]).with_output_types(
-                GridYearKey)
+            | "Exports root" >> beam.Create([self._exports])
+            | "Poll" >> beam.ParDo(_PollExportsFn(interval=self._interval, local=self._local, stop_at=stop_at)).with_output_types(
+                typehints.KV[str, typehints.Tuple[GridYearKey, float]])
+            | "New files only" >> beam.ParDo(_FirstSightFn()).with_output_types(GridYearKey)
         )
-

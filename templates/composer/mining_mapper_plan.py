@@ -52,7 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "poll_seconds": 60,
     "export_timeout_hours": 48,
     "streaming": False,  # True: start the streaming job before the exports, drain it once every grid is filtered
-    "series_timeout_hours": 168,  # streaming: a grid still incomplete this long after its first export is reported
+    "series_timeout_hours": 168,  # streaming: a grid still incomplete this long after the job starts is reported
     "finish_incomplete": False,  # streaming: then filter it with the years it has (the DAG then drains the job)
     "namespace": "composer-user-workloads",
     "kube_config": "/home/airflow/composer_kube_config",
