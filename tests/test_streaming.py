@@ -2,7 +2,8 @@
 
 Exports are the generated ones of tests/support/synthetic_run.py (2 × 3 patches of 16 pixels, 2000–2007)
 with the stand-in model; each TestStream element is a file event for one (grid, year), as the watcher
-(`WatchExports`, fileio.MatchContinuously) emits on Dataflow. The batch job's COGs are the reference.
+(`WatchExports`) emits. The batch job's COGs are the reference. The local watcher itself runs in the end-to-end
+smoke test, and its Dataflow branch (defer_remainder) is checked on its own.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import json
 import os
 import random
 import shutil
+import threading
+import time
 
 import apache_beam as beam
 import pytest
@@ -61,15 +64,16 @@ def batch(tmp_path_factory, model):
     return root
 
 
-def stream(exports, output, model, events, *extra, timeout=3600.0, finish=False, replacement=None):
-    """Run StreamingGrids over a TestStream of `events` (GridYearKey, one per event time, the watermark
-    following); returns what happened, counted in this process (the DirectRunner runs the DoFns here; its
-    streaming metrics are not reliable): grid-years inferred, grids filtered (by grid)."""
+def stream(exports, output, model, events, *extra, timeout=3600.0, finish=False, replacement=None, every_grid=False):
+    """Run StreamingGrids over a TestStream of `events` (GridYearKey, one per second of event and of processing
+    time: TestStream's clock starts at 0, and so does the one the series timeouts are set from); returns what
+    happened, counted in this process (the DirectRunner runs the DoFns here; its streaming metrics are not
+    reliable): grid-years inferred, grids filtered (by grid)."""
     config = build_config(PipelineOptions(pipeline_args(exports, output, model, "--grids", ",".join(GRIDS),
                                                         "--years", f"{YEARS[0]}-{YEARS[-1]}", *BANDS, *extra)))
     test_stream = TestStream(coder=beam.coders.PickleCoder())
     for second, event in enumerate(events):
-        test_stream = test_stream.add_elements([event], event_timestamp=second).advance_watermark_to(second)
+        test_stream = test_stream.add_elements([event], event_timestamp=second).advance_watermark_to(second).advance_processing_time(1)
     test_stream = test_stream.advance_watermark_to_infinity()
     options = PipelineOptions([])
     options.view_as(StandardOptions).streaming = True
@@ -95,7 +99,8 @@ def stream(exports, output, model, events, *extra, timeout=3600.0, finish=False,
         patch.setattr(streaming, "filter_grid", counting_filter)
         with beam.Pipeline(runner=BundleBasedDirectRunner(), options=options) as pipeline:
             _ = (pipeline | test_stream | "Replace" >> beam.Map(replace)
-                 | StreamingGrids(config=config, series_timeout=timeout, finish_incomplete=finish))
+                 | StreamingGrids(config=config, series_timeout=timeout, finish_incomplete=finish, start_every_grid=every_grid,
+                                  clock=lambda: 0.0))
     return seen
 
 
@@ -157,7 +162,7 @@ def test_a_grid_missing_a_year_is_reported_after_the_timeout_and_finished_by_fla
     write_exports(exports, truth_stack(), grids=("1011",), skip_year=2003)
     write_exports(exports, truth_stack(), grids=("1010",))
     events = shuffled([k for k in all_keys() if k != GridYearKey("1011", 2003)])
-    events += [GridYearKey("1010", 2000)] * 40  # time passes (the watermark follows) beyond the timeout
+    events += [GridYearKey("1010", 2000)] * 40  # time passes beyond the timeout
     seen = stream(exports, tmp_path / "out", model, events, timeout=20.0, finish=finish)
     status = json.loads(open(grid_status_path(str(tmp_path / "out"), "1011")).read())
     assert status["missing_years"] == [2003] and sorted(map(int, status["years_in"])) == [y for y in YEARS if y != 2003]
@@ -176,6 +181,22 @@ def test_a_grid_missing_a_year_is_reported_after_the_timeout_and_finished_by_fla
     want = cogs(tmp_path / "reference")
     assert len(want) == len(YEARS) - 1 and grid_cogs == set(want)
     assert [name for name in want if cogs(tmp_path / "out")[name] != want[name]] == []
+
+
+def test_the_series_timeout_waits_its_time_and_counts_from_the_job_start_for_a_grid_with_no_export(tmp_path, model):
+    exports = tmp_path / "exports"
+    write_exports(exports, truth_stack(), grids=("1011",), skip_year=2003)
+    events = shuffled([GridYearKey("1011", year) for year in YEARS if year != 2003])  # grid 1010: no export at all
+    events += [GridYearKey("1011", 2000)] * 20
+    stream(exports, tmp_path / "early", model, events, timeout=100.0, every_grid=True)  # 27 s pass: no timeout yet
+    assert not os.path.exists(grid_status_path(str(tmp_path / "early"), "1011"))
+    assert not os.path.exists(grid_status_path(str(tmp_path / "early"), "1010"))
+    seen = stream(exports, tmp_path / "out", model, events, timeout=20.0, every_grid=True, finish=True)
+    nothing = json.loads(open(grid_status_path(str(tmp_path / "out"), "1010")).read())
+    assert nothing["state"] == "finished incomplete" and nothing["missing_years"] == YEARS and nothing["years_in"] == {}
+    assert {e["status"] for e in nothing["grid_years"]} == {"skipped"} and len(nothing["grid_years"]) == len(YEARS)
+    assert json.loads(open(grid_status_path(str(tmp_path / "out"), "1011")).read())["missing_years"] == [2003]
+    assert sorted(seen["filtered"]) == list(GRIDS)
 
 
 def test_an_incomplete_export_waits_for_its_last_shard(tmp_path, batch, model):
@@ -198,14 +219,44 @@ def test_grid_year_of_path():
     assert grid_year_of_path("gs://b/exports", "gs://b/other/1010/2003/x.json") is None
 
 
-def test_streaming_is_refused_locally_and_without_grids_and_years(tmp_path, model):
-    with pytest.raises(UserError, match="--streaming needs --runner DataflowRunner"):
-        run(pipeline_args(tmp_path / "exports", tmp_path / "out", model, "--streaming"))
-    from pipeline.run import check_streaming
-
-    options = PipelineOptions(pipeline_args(tmp_path / "exports", tmp_path / "out", model, "--streaming"))
+def test_streaming_needs_grids_years_and_positive_seconds(tmp_path, model):
     with pytest.raises(UserError, match="needs --grids and --years"):
-        check_streaming(options, local=False)
+        run(pipeline_args(tmp_path / "exports", tmp_path / "out", model, "--streaming"))
+    with pytest.raises(UserError, match="must be positive seconds"):
+        run(pipeline_args(tmp_path / "exports", tmp_path / "out", model, "--streaming", "--grids", "1010", "--years", "2000",
+                          "--watch_interval", "0"))
+
+
+def test_the_local_watcher_streams_exports_copied_in_over_time_and_stops_after_the_last_grid(tmp_path, batch, model):
+    """The end-to-end smoke: `run --streaming` on the local runner, watching a folder into which the exports'
+    files are copied one at a time in shuffled order (each appears whole, as a Cloud Storage object does)."""
+    exports, output = tmp_path / "exports", tmp_path / "out"
+    exports.mkdir()
+    files = sorted(path for path in (batch / "exports").rglob("*") if path.is_file())
+    random.Random(3).shuffle(files)
+
+    def copy_in():
+        for source in files:
+            target = exports / source.relative_to(batch / "exports")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target.with_name(target.name + ".part"))
+            os.replace(target.with_name(target.name + ".part"), target)
+            time.sleep(0.05)
+
+    copier = threading.Thread(target=copy_in, daemon=True)
+    copier.start()
+    summary = run(pipeline_args(exports, output, model, "--grids", ",".join(GRIDS), "--years", f"{YEARS[0]}-{YEARS[-1]}", *BANDS,
+                                "--streaming", "--watch_interval", "0.5", "--series_timeout", "300"))
+    copier.join()
+    assert summary["counts"] == {"written": 16} and summary["parameters"]["streaming"] is True
+    for grid in GRIDS:  # settled because complete, not at the series timeout
+        status = json.loads(open(grid_status_path(str(output), grid)).read())
+        assert status["state"] == "filtered" and status["missing_years"] == []
+    assert len(os.listdir(output / "raw" / "1010")) == len(YEARS)
+    run(pipeline_args(exports, tmp_path / "reference", model, *BANDS))  # the batch run over the same exports
+    got, want = cogs(output), cogs(tmp_path / "reference")
+    assert len(want) == 16 and set(got) == set(want)
+    assert [name for name in want if got[name] != want[name]] == []
 
 
 def test_a_mixer_contradicting_its_grid_is_refused_as_in_the_batch_run(tmp_path, batch, model):
@@ -225,3 +276,51 @@ def test_a_mixer_contradicting_its_grid_is_refused_as_in_the_batch_run(tmp_path,
     got, want = cogs(tmp_path / "out"), cogs(tmp_path / "reference")
     assert set(got) == set(want) and "1011/1011_2003.tif" not in want
     assert [name for name in want if got[name] != want[name]] == []
+
+
+def test_the_watch_claims_one_poll_per_call_and_checkpoints_only_after_it():
+    from apache_beam.io.restriction_trackers import OffsetRange
+    from apache_beam.runners.common import SplitResultResidual
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    tracker = streaming._PollTracker(OffsetRange(1000, streaming.FOREVER))
+    assert tracker.try_split(0) is None and not tracker.checkpointed.is_set()  # nothing claimed: nothing to checkpoint
+    assert not tracker.try_claim(999) and tracker.try_claim(1500) and not tracker.try_claim(1600)  # one poll per call
+    assert tracker.try_split(0.5) is None  # never split into parallel watches
+    primary, residual = tracker.try_split(0)
+    assert (primary.start, primary.stop) == (1000, 1501) and (residual.start, residual.stop) == (1501, streaming.FOREVER)
+    assert tracker.try_split(0) == (primary, residual) and tracker.checkpointed.is_set()  # asked twice, same answer
+    assert tracker.check_done() is None and not tracker.is_bounded()
+    # Beam's local runner hands the checkpoint back wrapped in the invoker's split result.
+    wrapped = [SplitResultResidual(residual_value=WindowedValue((("exports", (residual, None)), 1), 0, ()),
+                                   current_watermark=None, deferred_timestamp=None)]
+    restrictions = streaming._PollRestrictions()
+    assert restrictions.create_tracker(wrapped).current_restriction() == residual
+    assert restrictions.truncate("exports", residual) is None  # a drained job stops watching
+
+
+def test_a_dataflow_poll_lists_every_export_file_and_defers_the_rest_of_the_watch(tmp_path, batch):
+    """The watch's Dataflow branch, called as the runner calls it (no Dataflow here)."""
+    from apache_beam.io.restriction_trackers import OffsetRange
+    from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+    from apache_beam.runners.sdf_utils import ThreadsafeRestrictionTracker
+
+    exports = tmp_path / "exports"
+    shutil.copytree(batch / "exports", exports)
+    (exports / "notes.txt").write_text("not an export")  # outside {grid}/{year}/: ignored
+    tracker = ThreadsafeRestrictionTracker(streaming._PollTracker(OffsetRange(0, streaming.FOREVER)))
+    poll = streaming._PollExportsFn(interval=60.0, local=False)
+    before = time.time()
+    out = poll.process(str(exports), tracker=tracker, estimator=ManualWatermarkEstimator(None))
+    files = sorted(str(path) for path in exports.rglob("*") if path.is_file() and path.name != "notes.txt")
+    assert sorted(value.value[0] for value in out) == files
+    assert {value.value[1][0] for value in out} == set(all_keys())
+    residual, delay = tracker.deferred_status()
+    assert residual.start >= int(before * 1000) and residual.stop == streaming.FOREVER and 59 <= delay.micros / 1e6 <= 60
+    # A call whose poll is not due yet claims the next poll time, the interval after the last one.
+    again = streaming._PollTracker(residual)
+    due = (residual.start - 1) / 1000 + 60
+    assert again.try_claim(int(due * 1000)) and not again.try_claim(int(due * 1000) + 1)
+    stopped = streaming._PollExportsFn(interval=60.0, local=False, stop_at=before - 1)
+    fresh = ThreadsafeRestrictionTracker(streaming._PollTracker(residual))
+    assert stopped.process(str(exports), tracker=fresh, estimator=ManualWatermarkEstimator(None)) == []  # the watch ends

@@ -4,13 +4,16 @@ each grid the moment its series is complete (issue 17).
     file events under --exports → per (grid, year): read + infer once complete, raw result written
                                 → per grid (state: year → fingerprint): filter chain + COGs when complete
 
-- **Watching.** `fileio.MatchContinuously` on `{exports}/*/*/*` (every file, updated ones too): each new
-  or re-written file of an export is an event for its (grid, year). Earth Engine writes an export's
-  shards and its mixer in no promised order, and the mixer gives `totalPatches` but not the shard list,
-  so an export **counts as complete when its mixer is present and reading it gives `totalPatches` good
-  records and no dead letter** (`read_export` reports a record-count mismatch as a dead letter). An
-  incomplete export is dropped quietly; the next file that lands in its folder checks it again. An
-  export whose records are bad never completes: its grid is reported by the series timeout.
+- **Watching.** `WatchExports`: a splittable DoFn lists `{exports}/*/*/*` every `--watch_interval` seconds
+  and a keyed state per file lets each (path, mtime) through once, so each new or re-written file of an
+  export is one event for its (grid, year). Our own rather than `fileio.MatchContinuously`, which Beam's
+  local streaming runner cannot run: this way the watcher Dataflow runs is the one the local run and its
+  test run. Earth Engine writes an export's shards and its mixer in no promised order, and the mixer gives
+  `totalPatches` but not the shard list, so an export **counts as complete when its mixer is present and
+  reading it gives `totalPatches` good records and no dead letter** (`read_export` reports a record-count
+  mismatch as a dead letter). An incomplete export is dropped quietly; the next file that lands in its
+  folder checks it again. An export whose records are bad never completes: its grid is reported by the
+  series timeout.
 - **Inference** per complete export, in one process: the same model handlers as the batch job
   (`transforms.inference._handler`, record-wise or large tiles) and the same raw-result format and
   fingerprint (`pipeline.io.raw`). A raw result whose fingerprint matches (a duplicate event, a restart
@@ -20,11 +23,15 @@ each grid the moment its series is complete (issue 17).
   the grid's filter chain runs from the raw results in one process — the batch path's pure functions
   (`pipeline.method.tiles`: the classified patches of a raw result, tile stacks, temporal, halo strips,
   spatial + frequency) and its COG writer (`transforms.write`) — so its COGs are the batch run's, byte
-  for byte. A duplicate changes nothing. `--series_timeout` seconds (event time) after a grid's first
-  export, a grid still incomplete is written to `{output}/streaming/{grid}.json` (status `incomplete`,
-  its missing years); with `--finish_incomplete` it is then filtered with what it has (missing years
-  not observed, their COGs reported skipped). Each finished grid writes its statuses to the same file,
-  and `{output}/summary.json` (the batch run's schema) is rebuilt from all of them each time.
+  for byte. A duplicate changes nothing. A grid still incomplete `--series_timeout` seconds (processing
+  time) after the job's start, a grid none of whose exports landed included, is written to
+  `{output}/streaming/{grid}.json` (status `incomplete`, its missing years); with
+  `--finish_incomplete` it is then filtered with what it has (missing years not observed, their COGs
+  reported skipped). Each finished grid writes its statuses to the same file, and `{output}/summary.json`
+  (the batch run's schema) is rebuilt from all of them each time.
+- **Runners.** Dataflow (streaming, runs until drained; a drain stops the watch and fires no series
+  timeout) and, locally, `LocalStreamingRunner` (Beam's BundleBasedDirectRunner, able to run the watch),
+  which `mining-mapper run --streaming` stops once every grid is settled (`grids_settled`).
 """
 from __future__ import annotations
 
