@@ -74,7 +74,7 @@ def live(flags, sample, workdir, grid, last, interval):
     while runner.is_alive() and sum(len(files) for _, _, files in os.walk(os.path.join(output, "raw"))) < raw_wanted:
         time.sleep(0.1)
     target = os.path.join(exports, grid, str(last))
-    os.makedirs(target)
+    os.makedirs(target, exist_ok=True)  # copytree left it empty
     landed = time.perf_counter()
     for name in sorted(os.listdir(held)):
         shutil.copy(os.path.join(held, name), os.path.join(target, name + ".part"))
