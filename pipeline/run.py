@@ -72,10 +72,12 @@ def _run_pipeline(options, arguments, argv, config, *, runner_name, local: bool)
         runner = FnApiRunner()
     else:
         options.view_as(SetupOptions).save_main_session = False
-    logging.getLogger(__name__).info("running %d grid(s) × %d year(s) on %s", len(config.grids), len(config.years), runner_name or "FnApiRunner")
+    streaming = options.view_as(StandardOptions).streaming
+    where = runner_name if not local else "LocalStreamingRunner" if streaming else "FnApiRunner"
+    logging.getLogger(__name__).info("running %d grid(s) × %d year(s) on %s", len(config.grids), len(config.years), where)
     started = now_utc()
     recorded = command_line() if argv is None else ["mining-mapper", "run", *arguments]
-    if options.view_as(StandardOptions).streaming:
+    if streaming:
         view = options.view_as(MiningMapperOptions)
         if local:
             return _run_streaming_locally(options, config, view, started, recorded)
