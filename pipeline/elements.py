@@ -271,6 +271,9 @@ class DeadLetter:
     file: str
     record: int | None
     reason: str
+    incomplete: bool = False
+    """True when a file that may still land would answer it (no shard yet, a shard number missing, fewer
+    records than the mixer says): the streaming job waits for such an export instead of failing it."""
 
     def to_record(self) -> dict:
         """The dead-letter line: {grid, year, file, record, reason} (not `as_dict`: Beam would infer a schema row)."""

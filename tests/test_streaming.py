@@ -46,8 +46,8 @@ def tifs(folder) -> dict[str, bytes]:
 
 
 def cogs(folder) -> dict[str, bytes]:
-    """The classification COGs only (not the raw results)."""
-    return {name: data for name, data in tifs(folder).items() if not name.startswith("raw")}
+    """The classification COGs only (not the raw results, nor a failed export's partial one under streaming/)."""
+    return {name: data for name, data in tifs(folder).items() if not name.startswith(("raw", "streaming"))}
 
 
 @pytest.fixture(scope="module")
@@ -324,3 +324,63 @@ def test_a_dataflow_poll_lists_every_export_file_and_defers_the_rest_of_the_watc
     stopped = streaming._PollExportsFn(interval=60.0, local=False, stop_at=before - 1)
     fresh = ThreadsafeRestrictionTracker(streaming._PollTracker(residual))
     assert stopped.process(str(exports), tracker=fresh, estimator=ManualWatermarkEstimator(None)) == []  # the watch ends
+
+
+def test_a_whole_export_with_a_bad_record_fails_as_in_the_batch_run_and_a_clean_rewrite_heals_it(tmp_path, batch, model):
+    """An export whose files are all there but one record fails its checksum: failed at once (not waited for
+    until the timeout), its good patches still in the filters, its dead letters in dead_letter.jsonl — the batch
+    run's COGs, statuses and dead letters; the same export written again clean replaces it."""
+    import gzip
+
+    exports = tmp_path / "exports"
+    shutil.copytree(batch / "exports", exports)
+    shard = exports / "1010" / "2003" / "mining_1010_2003-00000.tfrecord.gz"
+    clean = shard.read_bytes()
+    data = bytearray(gzip.decompress(clean))
+    length = int.from_bytes(data[:8], "little")
+    data[12 + length + 4 + 12 + 20] ^= 0xFF  # inside record 1's data: that record fails its checksum
+    shard.write_bytes(gzip.compress(bytes(data)))
+    seen = stream(exports, tmp_path / "out", model, shuffled(all_keys()) * 2)
+    reference = run(pipeline_args(exports, tmp_path / "reference", model, *BANDS))
+    failed = [e for e in reference["grid_years"] if e["status"] == "failed"]
+    assert [(e["grid"], e["year"]) for e in failed] == [("1010", 2003)] and "checksum" in failed[0]["reason"]
+    got, want = cogs(tmp_path / "out"), cogs(tmp_path / "reference")
+    assert set(got) == set(want) and "1010/1010_2003.tif" not in want
+    assert [name for name in want if got[name] != want[name]] == []  # its good patches counted in the filters
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    fields = ("grid", "year", "status", "reason", "mining_pixels")
+    assert [{k: e.get(k) for k in fields} for e in summary["grid_years"]] == [{k: e.get(k) for k in fields} for e in reference["grid_years"]]
+    assert (tmp_path / "out" / "dead_letter.jsonl").read_text() == (tmp_path / "reference" / "dead_letter.jsonl").read_text()
+    assert summary["dead_letters"] == 1 and seen["inferred"].count(("1010", 2003)) == 1  # a re-delivery infers nothing
+    assert not (tmp_path / "out" / "raw" / "1010" / "1010_2003.tif").exists()  # never a raw result to re-use
+
+    shard.write_bytes(clean)  # Earth Engine writes the export again; it reads clean
+    os.utime(shard, (time.time() + 5, time.time() + 5))
+    again = stream(exports, tmp_path / "out", model, [GridYearKey("1010", 2003)] + shuffled(all_keys()))
+    assert again["inferred"] == [("1010", 2003)] and again["filtered"] == list(GRIDS)  # a restart: both grids re-filtered
+    assert cogs(tmp_path / "out") == cogs(batch / "out") and (tmp_path / "out" / "dead_letter.jsonl").read_text() == ""
+    assert not os.listdir(tmp_path / "out" / "streaming" / "failed")
+
+
+def test_only_what_a_later_file_can_answer_is_marked_incomplete(tmp_path, batch):
+    """The streaming job waits for an export whose dead letters are all `incomplete`, and fails the others."""
+    from pipeline.elements import DeadLetter
+    from pipeline.io.export_reader import read_export
+    from tests.support.synthetic_run import BANDS as SYNTHETIC_BANDS
+
+    def letters(folder):
+        return [e for e in read_export(str(folder), "1010", 2002, SYNTHETIC_BANDS, (0.0,)) if isinstance(e, DeadLetter)]
+
+    export = tmp_path / "1010" / "2002"
+    shutil.copytree(batch / "exports" / "1010" / "2002", export)
+    assert letters(export) == []
+    first, second = export / "mining_1010_2002-00000.tfrecord.gz", export / "mining_1010_2002-00001.tfrecord.gz"
+    shutil.move(second, tmp_path / "second.gz")  # the last shard not there yet
+    assert [d.incomplete for d in letters(export)] == [True]
+    shutil.move(first, tmp_path / "first.gz")  # no shard at all yet
+    assert [d.incomplete for d in letters(export)] == [True]
+    shutil.move(tmp_path / "second.gz", second)  # shard 00001 without 00000: a gap
+    assert {d.incomplete for d in letters(export)} == {True}
+    shutil.move(tmp_path / "first.gz", first)
+    second.write_bytes(second.read_bytes()[:-30])  # a truncated shard: whole files, a broken one
+    assert letters(export) and not any(d.incomplete for d in letters(export))

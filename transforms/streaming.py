@@ -60,8 +60,9 @@ from pipeline.elements import ClassifiedPatch, DeadLetter, ExportGeometry, Expor
 from pipeline.io.export_layout import export_dir_of
 from pipeline.io.export_reader import read_export
 from pipeline.errors import UserError
-from pipeline.io.filesystem import absolute_uri, exists, join, match, match_identity, publish_atomically, read_bytes, read_json, write_atomically
+from pipeline.io.filesystem import absolute_uri, delete, exists, join, match, match_identity, publish_atomically, read_bytes, read_json, write_atomically
 from pipeline.io.summary import RunSummary, now_utc
+from pipeline.io.run_folder import DEAD_LETTER_NAME
 from pipeline.io.raw import assemble_raw, decode_raw, encode_raw, export_identity, find_raw, raw_path, raw_root
 from pipeline.method.tiles import halo_strips, patches_of_probability, spatial_frequency_tile, split_years, stack_tile_years, temporal_filter_tile
 from transforms.consistency import _dead_letters
@@ -74,16 +75,44 @@ from transforms.write import DEAD_LETTER, GEOMETRY, MISSING, TILES, _WriteGridYe
 STATUS_FOLDER = "streaming"
 """`{output}/streaming/{grid}.json`: each grid's state as the streaming job last saw it."""
 PENDING = "streaming: its grid's series is not complete yet"
+FAILED_FOLDER = "failed"
+"""`{output}/streaming/failed/{grid}_{year}.tif|.jsonl`: an export that is whole but holds bad records or
+shards — its good patches' raw result (used by the filters, as the batch run uses them; never under raw/, so
+never re-used as good) and its dead letters. Removed when the export is written again and reads clean."""
+FAILED_PREFIX = "failed:"
+"""A failed export's entry in its grid's state: FAILED_PREFIX + the export's fingerprint."""
+
+
+def failed_paths(output: str, grid: str, year: int) -> tuple[str, str]:
+    """Where a failed export's partial raw result and its dead letters are kept."""
+    base = join(output, STATUS_FOLDER, FAILED_FOLDER, f"{grid}_{year}")
+    return base + ".tif", base + ".jsonl"
+
+
+def read_dead_letters(path: str) -> list[DeadLetter]:
+    """The dead letters of a .jsonl file written by the streaming job."""
+    return [DeadLetter(**json.loads(line)) for line in read_bytes(path).decode().splitlines() if line.strip()]
+
+
+def _ordered(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
+    """Dead letters once each, in the batch run's order."""
+    unique = {(d.grid, d.year, d.file, d.record, d.reason): d for d in letters}
+    return sorted(unique.values(), key=lambda d: (d.grid, d.year, d.file, -1 if d.record is None else d.record))
 
 
 def write_streaming_summary(config: RunConfig, started: str, command_line: Sequence[str]) -> str:
-    """Rebuild `{output}/summary.json` (the batch run's schema) from every grid's status file: grid-years of
-    grids not filtered yet are `skipped` with the reason PENDING (or the grid's missing years). Called after
-    each grid's status file is written, so the last call sees every grid finished before it; returns its path."""
+    """Rebuild `{output}/summary.json` (the batch run's schema) and `{output}/dead_letter.jsonl` from every
+    grid's status file and every failed export's dead letters: grid-years of grids not filtered yet are
+    `skipped` with the reason PENDING (or the grid's missing years). Called after each grid's status file is
+    written, so the last call sees every grid finished before it; returns the summary's path."""
     found: dict[tuple[str, int], GridYearStatus] = {}
     waiting: dict[str, str] = {}
+    letters: list[DeadLetter] = []
+    for path, _ in match(join(config.output, STATUS_FOLDER, FAILED_FOLDER, "*.jsonl")):
+        letters += read_dead_letters(path)
     for path, _ in match(join(config.output, STATUS_FOLDER, "*.json")):
         record = read_json(path)
+        letters += [DeadLetter(**entry) for entry in record.get("refused", [])]
         for entry in record["grid_years"]:
             status = GridYearStatus.from_dict(entry)
             found[(status.grid, status.year)] = status
@@ -91,10 +120,12 @@ def write_streaming_summary(config: RunConfig, started: str, command_line: Seque
             waiting[record["grid"]] = f"streaming: series timeout passed, missing years {record['missing_years']}"
     grid_years = [found.get((grid, year)) or GridYearStatus(grid, year, "skipped", reason=waiting.get(grid, PENDING))
                   for grid, year in config.grid_years()]
+    letters = _ordered(letters)
     summary = RunSummary(command="run", output=absolute_uri(config.output), parameters={**run_parameters(config), "streaming": True},
                          grid_years=grid_years, started=started, finished=now_utc(), command_line=list(command_line),
-                         outputs=run_manifest(config.output, grid_years))
-    publish_atomically({summary_path(config): summary.to_json()})
+                         dead_letters=len(letters), outputs=run_manifest(config.output, grid_years))
+    publish_atomically({summary_path(config): summary.to_json(),
+                        join(config.output, DEAD_LETTER_NAME): "".join(d.to_json() + "\n" for d in letters).encode()})
     return summary_path(config)
 
 
@@ -127,6 +158,7 @@ class _InferCompleteExportFn(beam.DoFn):
         self._inferred = Metrics.counter(NAMESPACE, "streaming_grid_years_inferred")
         self._reused = Metrics.counter(NAMESPACE, "streaming_grid_years_reused")
         self._incomplete = Metrics.counter(NAMESPACE, "streaming_exports_incomplete")
+        self._failed = Metrics.counter(NAMESPACE, "streaming_exports_failed")
 
     def _classify(self, grid: str, patches: list[ExportPatch], geometry: ExportGeometry) -> list[ClassifiedPatch]:
         route = self._config.route_for(grid)
@@ -146,7 +178,11 @@ class _InferCompleteExportFn(beam.DoFn):
             yield key.grid, (key.year, fingerprint_)
 
     def _raw_result(self, key: GridYearKey) -> str | None:
-        """The fingerprint of the export's raw result, written now if need be; None while it is incomplete."""
+        """The fingerprint of the export's raw result, written now if need be; None while it is incomplete.
+
+        An export that is whole (nothing `incomplete` among its dead letters) but holds bad records or shards
+        is failed, as in the batch run: its good patches are inferred and kept apart with its dead letters
+        (`failed_paths`), and its entry is FAILED_PREFIX + fingerprint."""
         config = self._config
         grid, year = key
         identity = export_identity(config.exports, grid, year)
@@ -155,36 +191,53 @@ class _InferCompleteExportFn(beam.DoFn):
             return None
         expected = grid_year_fingerprint(config, self._digests, grid, year, identity)
         target = raw_path(raw_root(config.output), grid, year)
+        failed_raw, failed_letters = failed_paths(config.output, grid, year)
         found, _ = find_raw([target, config.reuse_raw and raw_path(config.reuse_raw, grid, year)], grid, year, expected, keep_in=target)
         if found is not None:
             self._reused.inc()
             return expected
-        patches, geometry, dead = [], None, False
+        if find_raw([failed_raw], grid, year, FAILED_PREFIX + expected)[0] is not None:
+            return FAILED_PREFIX + expected  # this failed export again: nothing new
+        patches, geometry, letters, missing = [], None, [], False
         for event in read_export(export_dir_of(config.exports, grid, year), grid, year, config.bands, config.export_nodata):
             if isinstance(event, ExportPatch):
                 patches.append(event)
             elif isinstance(event, ExportGeometry):
                 geometry = event
-            else:  # a dead letter (a shard still missing shows as a record-count mismatch) or a missing export
-                dead = True
-        if dead or geometry is None or len(patches) != geometry.total_patches:
+            elif isinstance(event, DeadLetter):
+                letters.append(event)
+            else:
+                missing = True
+        if missing or geometry is None or any(letter.incomplete for letter in letters):
             self._incomplete.inc()
+            if geometry is None and letters:  # an unreadable mixer: said now, waited for all the same
+                logging.getLogger(__name__).warning("streaming: %s", "; ".join(f"{d.file}: {d.reason}" for d in letters))
             return None  # the next file landing in this folder checks it again
-        classified = self._classify(grid, patches, geometry)
-        write_atomically(target, encode_raw(geometry, assemble_raw(geometry, classified), expected))
+        classified = self._classify(grid, patches, geometry) if patches else []
+        probability = assemble_raw(geometry, classified)
+        if letters:
+            write_atomically(failed_letters, "".join(d.to_json() + "\n" for d in _ordered(letters)).encode())
+            write_atomically(failed_raw, encode_raw(geometry, probability, FAILED_PREFIX + expected))
+            self._failed.inc()
+            return FAILED_PREFIX + expected
+        write_atomically(target, encode_raw(geometry, probability, expected))
+        delete([path for path in (failed_raw, failed_letters) if exists(path)])  # it failed before; now it reads clean
         self._inferred.inc()
         return expected
 
 
 def filter_grid(grid: str, raw: Mapping[int, tuple[ExportGeometry, object]], config: RunConfig, tags: Mapping[str, str],
-                missing_reason: str = "no export", dead_letters: Mapping[int, Sequence[DeadLetter]] | None = None) -> list[GridYearStatus]:
+                missing_reason: str = "no export", dead_letters: Mapping[int, Sequence[DeadLetter]] | None = None,
+                failed: Mapping[int, Sequence[DeadLetter]] | None = None) -> list[GridYearStatus]:
     """Run a whole grid's filter chain from its raw results ({year: (geometry, probability)}) in this process
     and write its COGs: the batch job's steps (pipeline.method.tiles, transforms.write) in the same order, so
     the COGs are byte-identical. Asked years without a raw result are not observed and reported skipped;
-    years with dead letters (an export refused by the grid's consistency check) are not observed either and
-    reported failed, as in the batch run."""
+    years with `dead_letters` (an export refused by the grid's consistency check) are not observed either and
+    reported failed; `failed` years (bad records or shards) are reported failed with their dead letters while
+    their good patches still count in the filters — all as in the batch run."""
     params = config.filter_params
     dead_letters = dict(dead_letters or {})
+    failed = dict(failed or {})
     by_tile: dict[TileKey, list[ClassifiedPatch]] = {}
     for year, (geometry, probability) in sorted(raw.items()):
         if year in dead_letters:
@@ -211,7 +264,7 @@ def filter_grid(grid: str, raw: Mapping[int, tuple[ExportGeometry, object]], con
     statuses = []
     for year in config.years:
         parts = {TILES: year_tiles.get(year, []) if year in raw else [], GEOMETRY: [raw[year][0]] if year in raw else [],
-                 MISSING: [], DEAD_LETTER: list(dead_letters.get(year, ()))}
+                 MISSING: [], DEAD_LETTER: [*dead_letters.get(year, ()), *failed.get(year, ())]}
         for status in writer.process(((grid, year), parts)):
             if status.status == "skipped":
                 status = GridYearStatus(grid, year, "skipped", reason=missing_reason)
@@ -289,24 +342,31 @@ class _GridSeriesFn(beam.DoFn):
             yield from self._finish(key, current, filtered)
 
     def _finish(self, grid: str, current: dict[int, str], filtered) -> Iterable[GridYearStatus]:
-        root = raw_root(self._config.output)
-        raw = {}
+        config = self._config
+        root = raw_root(config.output)
+        raw, failed = {}, {}
         for year, fingerprint_ in current.items():
             source = raw_path(root, grid, year)
+            if fingerprint_.startswith(FAILED_PREFIX):
+                source, letters = failed_paths(config.output, grid, year)
+                failed[year] = read_dead_letters(letters)
             raw[year] = decode_raw(read_bytes(source), source, grid, year, fingerprint_)
-        missing = [y for y in self._config.years if y not in current]
+        missing = [y for y in config.years if y not in current]
         refused: dict[int, list[DeadLetter]] = {}  # the batch run's check of a grid's mixers against each other
-        for key, letter in _dead_letters((grid, [geometry for geometry, _ in raw.values()]), self._config.exports):
+        for key, letter in _dead_letters((grid, [geometry for geometry, _ in raw.values()]), config.exports):
             refused.setdefault(key.year, []).append(letter)
-        statuses = filter_grid(grid, raw, self._config, self._tags, "no export arrived before the series timeout", refused)
+        statuses = filter_grid(grid, raw, config, self._tags, "no export arrived before the series timeout", refused, failed)
         filtered.write(current)
         self._grids_filtered.inc()
-        self._record(grid, "filtered" if not missing else "finished incomplete", current, missing, statuses)
+        self._record(grid, "filtered" if not missing else "finished incomplete", current, missing, statuses,
+                     [letter for letters in refused.values() for letter in letters])
         yield from statuses
 
-    def _record(self, grid: str, state: str, current: Mapping[int, str], missing: Sequence[int], statuses: Sequence[GridYearStatus]) -> None:
+    def _record(self, grid: str, state: str, current: Mapping[int, str], missing: Sequence[int], statuses: Sequence[GridYearStatus],
+                refused: Sequence[DeadLetter] = ()) -> None:
         record = {"grid": grid, "state": state, "years_in": {str(y): f for y, f in sorted(current.items())},
-                  "missing_years": list(missing), "grid_years": [s.to_record() for s in statuses]}
+                  "missing_years": list(missing), "grid_years": [s.to_record() for s in statuses],
+                  "refused": [letter.to_record() for letter in refused]}
         write_atomically(grid_status_path(self._config.output, grid), (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
         write_streaming_summary(self._config, self._started, self._command_line)
 

@@ -348,7 +348,8 @@ def read_export(
     reader = _Reader(geometry, bands, tuple(nodata_values), kernel, fill_value)
     total = geometry.total_patches
     if not shards:
-        yield DeadLetter(geometry.grid, geometry.year, export_dir, None, f"{export_dir}: no TFRecord shards beside {posixpath.basename(mixer_path)}")
+        yield DeadLetter(geometry.grid, geometry.year, export_dir, None, f"{export_dir}: no TFRecord shards beside {posixpath.basename(mixer_path)}",
+                         incomplete=True)
 
     def emit(data_or_bad, index: int, path: str) -> Iterator[ReadEvent]:
         source = f"{path} record {index}"
@@ -408,6 +409,7 @@ def read_export(
             geometry.grid, geometry.year, export_dir, None,
             f"{export_dir}: shard(s) {gap} missing (found {', '.join(posixpath.basename(p) for p in shards)}); "
             f"records from {posixpath.basename(shards[gap_at])} on cannot be placed (the mixer says totalPatches {total})",
+            incomplete=True,
         )
         for later in shards[gap_at:]:
             count, err = _count_frames(later)
@@ -416,11 +418,13 @@ def read_export(
                 geometry.grid, geometry.year, later, None,
                 f"{later}: {count} record(s) not read: their patch positions are unknown because shard(s) {gap} "
                 f"are missing" + (f"; also {err}" if err else ""),
+                incomplete=not err,
             )
     elif shards and index is not None and index != total:
         yield DeadLetter(
             geometry.grid, geometry.year, mixer_path, None,
             f"{export_dir}: {index} record(s) in {len(shards)} shard(s) but the mixer says totalPatches {total}",
+            incomplete=index < total,
         )
     yield geometry.with_kernel(reader.kernel if reader.kernel is not None else 0)
 
