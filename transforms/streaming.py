@@ -12,8 +12,9 @@ each grid the moment its series is complete (issue 17).
   `totalPatches` but not the shard list, so an export **counts as complete when its mixer is present and
   reading it gives `totalPatches` good records and no dead letter** (`read_export` reports a record-count
   mismatch as a dead letter). An incomplete export is dropped quietly; the next file that lands in its
-  folder checks it again. An export whose records are bad never completes: its grid is reported by the
-  series timeout.
+  folder checks it again. An export that is whole but holds bad records or shards (no dead letter marked
+  `incomplete`) is failed as in the batch run: its good patches still count in the filters, its dead
+  letters go to `dead_letter.jsonl`, and a clean rewrite replaces it.
 - **Inference** per complete export, in one process: the same model handlers as the batch job
   (`transforms.inference._handler`, record-wise or large tiles) and the same raw-result format and
   fingerprint (`pipeline.io.raw`). A raw result whose fingerprint matches (a duplicate event, a restart
