@@ -310,6 +310,7 @@ def test_a_dataflow_poll_lists_every_export_file_and_defers_the_rest_of_the_watc
     (exports / "notes.txt").write_text("not an export")  # outside {grid}/{year}/: ignored
     tracker = ThreadsafeRestrictionTracker(streaming._PollTracker(OffsetRange(0, streaming.FOREVER)))
     poll = streaming._PollExportsFn(interval=60.0, local=False)
+    poll.setup()
     before = time.time()
     out = poll.process(str(exports), tracker=tracker, estimator=ManualWatermarkEstimator(None))
     files = sorted(str(path) for path in exports.rglob("*") if path.is_file() and path.name != "notes.txt")
@@ -317,10 +318,14 @@ def test_a_dataflow_poll_lists_every_export_file_and_defers_the_rest_of_the_watc
     assert {value.value[1][0] for value in out} == set(all_keys())
     residual, delay = tracker.deferred_status()
     assert residual.start >= int(before * 1000) and residual.stop == streaming.FOREVER and 59 <= delay.micros / 1e6 <= 60
-    # A call whose poll is not due yet claims the next poll time, the interval after the last one.
-    again = streaming._PollTracker(residual)
-    due = (residual.start - 1) / 1000 + 60
-    assert again.try_claim(int(due * 1000)) and not again.try_claim(int(due * 1000) + 1)
+    # The next call, before the interval has passed, lists nothing and defers again; after it, only what changed.
+    again = ThreadsafeRestrictionTracker(streaming._PollTracker(residual))
+    assert poll.process(str(exports), tracker=again, estimator=ManualWatermarkEstimator(None)) == [] and again.deferred_status()
+    changed = exports / "1011" / "2004" / "mining_1011_2004-mixer.json"
+    os.utime(changed, (time.time() + 5, time.time() + 5))
+    poll._listed_at -= 60
+    later = ThreadsafeRestrictionTracker(streaming._PollTracker(again.deferred_status()[0]))
+    assert [value.value[0] for value in poll.process(str(exports), tracker=later, estimator=ManualWatermarkEstimator(None))] == [str(changed)]
     stopped = streaming._PollExportsFn(interval=60.0, local=False, stop_at=before - 1)
     fresh = ThreadsafeRestrictionTracker(streaming._PollTracker(residual))
     assert stopped.process(str(exports), tracker=fresh, estimator=ManualWatermarkEstimator(None)) == []  # the watch ends

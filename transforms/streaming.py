@@ -525,19 +525,20 @@ class _PollRestrictions(RestrictionProvider):
 _POLL_RESTRICTIONS = beam.DoFn.RestrictionParam(_PollRestrictions())
 _POLL_WATERMARK = beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider())
 _LOCAL_CHECKPOINT_WAIT = 5.0
-"""Seconds a local poll waits for Beam's local runner to checkpoint it (its timer fires after 1 s)."""
+"""Seconds a local call waits at most for Beam's local runner to checkpoint it (LocalStreamingRunner: LOCAL_CHECKPOINT_SECONDS)."""
 
 
 @beam.DoFn.unbounded_per_element()
 class _PollExportsFn(beam.DoFn):
     """exports root → (path, (GridYearKey, mtime)) of every file under `{exports}/*/*/` at each poll.
 
-    A splittable DoFn: each call claims the time of its poll, lists the exports and checkpoints the
-    rest of the watch until the next poll, `interval` seconds later. On Dataflow the wait is the runner's
+    A splittable DoFn: each call claims its time, lists the exports when a poll is due (`interval` seconds
+    after this instance's last listing), emits the files new or changed since that listing, and
+    checkpoints the rest of the watch. On Dataflow the runner resumes it `interval` seconds later
     (`defer_remainder`). Beam's local BundleBasedDirectRunner honours neither that nor a
-    ProcessContinuation (fileio.MatchContinuously's PeriodicImpulse fails there); it checkpoints a call
-    that is still running after one second, from a timer thread. So locally (`local=True`) a call claims
-    its poll time first, sleeps until it is due, lists, and returns only once that checkpoint is taken.
+    ProcessContinuation (fileio.MatchContinuously's PeriodicImpulse fails there): it checkpoints a call
+    still running after LOCAL_CHECKPOINT_SECONDS, from a timer thread, and resumes it at once. So locally
+    (`local=True`) a call returns only once that checkpoint is taken, and most calls list nothing.
     A listing that fails (a network blip) is logged and retried at the next poll."""
 
     def __init__(self, *, interval: float, local: bool, stop_at: float | None = None):
@@ -545,27 +546,29 @@ class _PollExportsFn(beam.DoFn):
         self._interval = float(interval)
         self._local = local
         self._stop_at = stop_at
+        self._seen: dict[str, float] = {}
+        self._listed_at = 0.0
+
+    def setup(self) -> None:
+        """What this instance last listed, {path: mtime}, and when: a poll emits only what changed since (a
+        cache, so it starts empty wherever the watch resumes; the per-file state behind it has the last word)."""
+        self._seen = {}
+        self._listed_at = 0.0
 
     def process(self, exports: str, tracker=_POLL_RESTRICTIONS, estimator=_POLL_WATERMARK):
-        """One poll: claim its time, wait until it is due (locally), list, emit every file, checkpoint."""
+        """One call: claim its time, list and emit what changed if a poll is due, checkpoint the rest."""
         first = tracker.current_restriction().start
-        due = time.time() if first == 0 else max(time.time(), (first - 1) / 1000.0 + self._interval)
-        if self._stop_at is not None and due >= self._stop_at:
-            return []  # claims nothing: the watch ends
-        if not tracker.try_claim(max(int(due * 1000), first)):
-            return []
-        if self._local:
-            time.sleep(max(0.0, due - time.time()))
         now = time.time()
-        estimator.set_watermark(Timestamp.of(now))
-        try:
-            listed = match_identity(join(exports, "*", "*", "*"))
-        except UserError as error:
-            logging.getLogger(__name__).warning("streaming: listing the exports failed, retried at the next poll: %s", error)
-            listed = []
-        files = [TimestampedValue((path, (key, mtime)), now) for path, _, mtime in listed
-                 for key in [grid_year_of_path(exports, path)] if key is not None]
-        if self._local:
+        if self._stop_at is not None and now >= self._stop_at:
+            return []  # claims nothing: the watch ends
+        if not tracker.try_claim(max(int(now * 1000), first)):
+            return []
+        files = []
+        if now - self._listed_at >= self._interval:
+            self._listed_at = now
+            estimator.set_watermark(Timestamp.of(now))
+            files = self._changed_files(exports, now)
+        if self._local:  # Beam's local runner checkpoints this call from its timer thread, soon
             tracker_ = getattr(tracker, "_threadsafe_restriction_tracker", tracker)
             inner = getattr(tracker_, "_restriction_tracker", tracker_)
             inner.checkpointed.wait(_LOCAL_CHECKPOINT_WAIT)
@@ -573,20 +576,42 @@ class _PollExportsFn(beam.DoFn):
             tracker.defer_remainder(Duration(seconds=self._interval))
         return files
 
+    def _changed_files(self, exports: str, now: float) -> list:
+        """(path, (GridYearKey, mtime)) of every export file new or changed since this instance's last listing."""
+        try:
+            listed = {path: mtime for path, _, mtime in match_identity(join(exports, "*", "*", "*"))}
+        except UserError as error:
+            logging.getLogger(__name__).warning("streaming: listing the exports failed, retried at the next poll: %s", error)
+            return []
+        files = [TimestampedValue((path, (key, mtime)), now) for path, mtime in sorted(listed.items())
+                 if self._seen.get(path) != mtime for key in [grid_year_of_path(exports, path)] if key is not None]
+        self._seen = listed
+        return files
+
+
+LOCAL_CHECKPOINT_SECONDS = 0.1
+"""How long Beam's local runner lets a splittable DoFn call run before it checkpoints it (Beam: 1 s)."""
+
 
 class LocalStreamingRunner(BundleBasedDirectRunner):
-    """Beam's BundleBasedDirectRunner (the local runner with a streaming mode), able to run splittable DoFns.
+    """Beam's BundleBasedDirectRunner (the local runner with a streaming mode), able to run the watch.
 
-    In streaming mode that runner replaces GroupByKeys with its streaming kind before the splittable-DoFn
-    expansion adds one, and then refuses the pipeline ("… ProcessKeyedElements/GroupByKey … was not
-    replaced as expected"). This one applies the splittable-DoFn overrides first, so that the streaming
-    ones see every GroupByKey."""
+    - In streaming mode that runner replaces GroupByKeys with its streaming kind before the splittable-DoFn
+      expansion adds one, and then refuses the pipeline ("… ProcessKeyedElements/GroupByKey … was not
+      replaced as expected"). This one applies the splittable-DoFn overrides first, so that the streaming
+      ones see every GroupByKey.
+    - That runner runs everything on one thread and checkpoints a splittable DoFn call after it has run for
+      a second, so a poll held the thread a second at a time; this one checkpoints after
+      LOCAL_CHECKPOINT_SECONDS (a class setting of Beam's evaluator, set for this process: only splittable
+      DoFns on that runner read it)."""
 
     def run_pipeline(self, pipeline, options):
         """Expand the splittable DoFns, then run as Beam's runner does."""
+        from apache_beam.runners.direct import transform_evaluator
         from apache_beam.runners.direct.sdf_direct_runner import ProcessKeyedElementsViaKeyedWorkItemsOverride, SplittableParDoOverride
 
         pipeline.replace_all([SplittableParDoOverride(), ProcessKeyedElementsViaKeyedWorkItemsOverride()])
+        transform_evaluator._ProcessElementsEvaluator.DEFAULT_MAX_DURATION = LOCAL_CHECKPOINT_SECONDS
         return super().run_pipeline(pipeline, options)
 
 
