@@ -65,6 +65,10 @@ class MiningMapperOptions(PipelineOptions):
         parser.add_argument("--series_timeout", type=float, default=7 * 24 * 3600.0, help="streaming: seconds after the job "
                             "starts after which a grid still missing years is reported in {output}/streaming/{grid}.json")
         parser.add_argument("--watch_interval", type=float, default=60.0, help="streaming: seconds between two listings of --exports")
+        parser.add_argument("--exports_subscription", default="", help="streaming: a Pub/Sub subscription (projects/P/subscriptions/S) to "
+                            "the Cloud Storage notifications (OBJECT_FINALIZE) of the exports' bucket: each new object is an event "
+                            "at once, instead of listing --exports every --watch_interval (the exports present at the start are "
+                            "listed once)")
         parser.add_argument("--finish_incomplete", action=SwitchAction, help="streaming: at the series timeout, filter a grid with "
                             "the years it has (missing years not observed, their COGs reported skipped)")
         parser.add_argument("--reuse_raw", default="", help="raw inference results to re-use (a folder of {grid}/{grid}_{year}.tif written by an earlier run): "

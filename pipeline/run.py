@@ -9,6 +9,7 @@ downloads a binary) and on Dataflow unchanged with `--runner DataflowRunner` and
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
@@ -51,6 +52,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     streaming = standard.streaming
     if streaming:
         check_streaming(options, local)
+    elif options.view_as(MiningMapperOptions).exports_subscription:
+        raise UserError("--exports_subscription is for the streaming job: add --streaming (with --grids and --years)")
     config = build_config(options)
     check_models(config.routes)
     if not streaming:  # a streaming job is started before the exports exist
@@ -103,6 +106,10 @@ def check_streaming(options, local: bool) -> None:
     view = options.view_as(MiningMapperOptions)
     if not view.grids or not view.years:
         raise UserError("--streaming needs --grids and --years: the series each grid waits for (its exports do not exist yet)")
+    if view.exports_subscription and not re.fullmatch(r"projects/[^/]+/subscriptions/[^/]+", view.exports_subscription):
+        raise UserError(f"--exports_subscription {view.exports_subscription!r}: expected projects/PROJECT/subscriptions/NAME")
+    if view.exports_subscription and not view.exports.startswith("gs://"):
+        raise UserError(f"--exports_subscription needs --exports on Cloud Storage (gs://…), got {view.exports}")
     if view.series_timeout <= 0 or view.watch_interval <= 0:
         raise UserError(f"--series_timeout ({view.series_timeout}) and --watch_interval ({view.watch_interval}) must be positive seconds")
 
@@ -111,12 +118,15 @@ def _run_streaming(options, config, view, started: str, recorded: Sequence[str])
     """Submit the streaming job (transforms/streaming.py) to Dataflow; returns where its summary will be
     (rebuilt as grids complete; each grid's state is in {output}/streaming/{grid}.json)."""
 
-    from transforms.streaming import StreamingGrids, WatchExports
+    from transforms.streaming import ExportNotifications, StreamingGrids, WatchExports
 
     with beam.Pipeline(options=options) as pipeline:
+        if view.exports_subscription:
+            events = pipeline | "Export notifications" >> ExportNotifications(exports=config.exports, subscription=view.exports_subscription)
+        else:
+            events = pipeline | "Watch exports" >> WatchExports(exports=config.exports, interval=view.watch_interval)
         _ = (
-            pipeline
-            | "Watch exports" >> WatchExports(exports=config.exports, interval=view.watch_interval)
+            events
             | "Streaming grids" >> StreamingGrids(config=config, series_timeout=view.series_timeout,
                                                   finish_incomplete=view.finish_incomplete == "true",
                                                   started=started, command_line=recorded, start_every_grid=True)
@@ -132,13 +142,16 @@ def _run_streaming_locally(options, config, view, started: str, recorded: Sequen
     import threading
     import time
 
-    from transforms.streaming import LocalStreamingRunner, StreamingGrids, WatchExports, grids_settled
+    from transforms.streaming import ExportNotifications, LocalStreamingRunner, StreamingGrids, WatchExports, grids_settled
 
     log = logging.getLogger(__name__)
     pipeline = beam.Pipeline(runner=LocalStreamingRunner(), options=options)
+    if view.exports_subscription:  # Beam's local runner reads Pub/Sub with the client library (or its emulator)
+        events = pipeline | "Export notifications" >> ExportNotifications(exports=config.exports, subscription=view.exports_subscription)
+    else:
+        events = pipeline | "Watch exports" >> WatchExports(exports=config.exports, interval=view.watch_interval, local=True)
     _ = (
-        pipeline
-        | "Watch exports" >> WatchExports(exports=config.exports, interval=view.watch_interval, local=True)
+        events
         | "Streaming grids" >> StreamingGrids(config=config, series_timeout=view.series_timeout,
                                               finish_incomplete=view.finish_incomplete == "true", started=started,
                                               command_line=recorded, start_every_grid=True)

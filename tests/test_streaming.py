@@ -389,3 +389,47 @@ def test_only_what_a_later_file_can_answer_is_marked_incomplete(tmp_path, batch)
     shutil.move(tmp_path / "first.gz", first)
     second.write_bytes(second.read_bytes()[:-30])  # a truncated shard: whole files, a broken one
     assert letters(export) and not any(d.incomplete for d in letters(export))
+
+
+def test_cloud_storage_notifications_drive_the_same_job(tmp_path, batch, model):
+    """The Pub/Sub option: OBJECT_FINALIZE notifications of the exports' objects (in shuffled order, some twice,
+    among deletions, metadata updates and other objects) give the batch run's COGs. Pub/Sub itself is not here:
+    the messages come from a TestStream, as ReadFromPubSub(with_attributes=True) hands them on."""
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+
+    from transforms.streaming import GridYearsOfNotifications, grid_year_of_notification
+
+    def note(event, name):
+        return PubsubMessage(b"{}", {"eventType": event, "bucketId": "bucket", "objectId": name})
+
+    assert grid_year_of_notification("gs://bucket/exports", note("OBJECT_FINALIZE", "exports/1010/2003/x-mixer.json").attributes) == ("1010", 2003)
+    assert grid_year_of_notification("gs://bucket/exports", note("OBJECT_DELETE", "exports/1010/2003/x-mixer.json").attributes) is None
+    assert grid_year_of_notification("gs://bucket/exports", note("OBJECT_FINALIZE", "other/1010/2003/x.json").attributes) is None
+    assert grid_year_of_notification("gs://bucket/exports", {"eventType": "OBJECT_FINALIZE"}) is None
+    names = sorted(str(path.relative_to(batch)) for path in (batch / "exports").rglob("*") if path.is_file())
+    messages = [note("OBJECT_FINALIZE", name) for name in names] * 2
+    messages += [note("OBJECT_DELETE", names[0]), note("OBJECT_METADATA_UPDATE", names[1]), note("OBJECT_FINALIZE", "notes/readme.txt")]
+    random.Random(4).shuffle(messages)
+    test_stream = TestStream(coder=beam.coders.PickleCoder())
+    for second, message in enumerate(messages):
+        test_stream = test_stream.add_elements([message], event_timestamp=second).advance_processing_time(1)
+    config = build_config(PipelineOptions(pipeline_args(batch / "exports", tmp_path / "out", model, "--grids", ",".join(GRIDS),
+                                                        "--years", f"{YEARS[0]}-{YEARS[-1]}", *BANDS)))
+    options = PipelineOptions([])
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(runner=BundleBasedDirectRunner(), options=options) as pipeline:
+        _ = (pipeline | test_stream.advance_watermark_to_infinity()
+             | GridYearsOfNotifications(exports="gs://bucket/exports")
+             | StreamingGrids(config=config, series_timeout=3600.0, finish_incomplete=False, clock=lambda: 0.0))
+    got, want = cogs(tmp_path / "out"), cogs(batch / "out")
+    assert len(want) == 16 and [name for name in want if got.get(name) != want[name]] == []
+
+
+def test_the_notification_option_is_checked_before_anything_runs(tmp_path, model):
+    base = pipeline_args(tmp_path / "exports", tmp_path / "out", model, "--grids", "1010", "--years", "2000")
+    with pytest.raises(UserError, match="is for the streaming job"):
+        run([*base, "--exports_subscription", "projects/p/subscriptions/s"])
+    with pytest.raises(UserError, match="expected projects/PROJECT/subscriptions/NAME"):
+        run([*base, "--streaming", "--exports_subscription", "topics/exports"])
+    with pytest.raises(UserError, match="needs --exports on Cloud Storage"):
+        run([*base, "--streaming", "--exports_subscription", "projects/p/subscriptions/s"])

@@ -644,3 +644,60 @@ class WatchExports(beam.PTransform):
                 typehints.KV[str, typehints.Tuple[GridYearKey, float]])
             | "New files only" >> beam.ParDo(_FirstSightFn()).with_output_types(GridYearKey)
         )
+
+
+def grid_year_of_notification(exports_root: str, attributes: Mapping[str, str]) -> GridYearKey | None:
+    """The (grid, year) of a Cloud Storage notification's object, when it is a new object (OBJECT_FINALIZE)
+    under `{exports}/{grid}/{year}/`; None for any other event or object."""
+    if attributes.get("eventType") != "OBJECT_FINALIZE" or not attributes.get("bucketId") or not attributes.get("objectId"):
+        return None
+    return grid_year_of_path(exports_root, f"gs://{attributes['bucketId']}/{attributes['objectId']}")
+
+
+def _listed_once(exports: str) -> list[GridYearKey]:
+    """One GridYearKey per export folder holding files now: what a job fed by notifications starts from."""
+    found = {grid_year_of_path(exports, path) for path, _, _ in match_identity(join(exports, "*", "*", "*"))}
+    return sorted(key for key in found if key is not None)
+
+
+class GridYearsOfNotifications(beam.PTransform):
+    """PubsubMessage (a Cloud Storage notification, attributes read) → GridYearKey of each new export object."""
+
+    def __init__(self, *, exports: str):
+        super().__init__()
+        self._exports = exports.rstrip("/")
+
+    def expand(self, messages: beam.PCollection) -> beam.PCollection:
+        exports = self._exports
+        return messages | "Grid-year of object" >> beam.FlatMap(
+            lambda message: [k for k in [grid_year_of_notification(exports, message.attributes or {})] if k]
+        ).with_output_types(GridYearKey)
+
+
+class ExportNotifications(beam.PTransform):
+    """PBegin → GridYearKey for every new object under `{exports}/*/*/`, from a Pub/Sub subscription to the
+    bucket's Cloud Storage notifications (the issue's option to listing): an event as soon as Cloud Storage
+    has the object, and no listing of tens of thousands of objects a minute. What is already there when the
+    job starts (a restart after a drain) is listed once. A notification delivered twice is harmless, as any
+    repeated event (`WatchExports`)."""
+
+    def __init__(self, *, exports: str, subscription: str):
+        super().__init__()
+        self._exports = exports.rstrip("/")
+        self._subscription = subscription
+
+    def expand(self, pbegin) -> beam.PCollection:
+        from apache_beam.io.gcp.pubsub import ReadFromPubSub
+
+        exports = self._exports
+        notified = (
+            pbegin
+            | "Read notifications" >> ReadFromPubSub(subscription=self._subscription, with_attributes=True)
+            | "Grid-years notified" >> GridYearsOfNotifications(exports=exports)
+        )
+        present = (
+            pbegin
+            | "Exports root" >> beam.Create([exports])
+            | "List once" >> beam.FlatMap(_listed_once).with_output_types(GridYearKey)
+        )
+        return (notified, present) | "Notified and present" >> beam.Flatten()

@@ -66,7 +66,7 @@ TEMPLATE_PARAMETERS = (
     "min_component_size", "spatial_window", "backfill_limit", "frequency_cut", "c9_backfill_from_index",
     "spatial_filter", "min_batch_size", "max_batch_size", "inference_tile", "inference_precision", "precision_check",
     "inference_memory_gb", "export_nodata", "probability_band", "origin_band", "overwrite", "require_gpu", "reuse_raw",
-    "series_timeout", "watch_interval", "finish_incomplete",
+    "series_timeout", "watch_interval", "exports_subscription", "finish_incomplete",
 )
 BEAM_PARAMETERS = ("sdk_container_image", "streaming")
 
