@@ -156,6 +156,7 @@ def _run_streaming_locally(options, config, view, started: str, recorded: Sequen
                                               finish_incomplete=view.finish_incomplete == "true", started=started,
                                               command_line=recorded, start_every_grid=True)
     )
+    since = time.time()  # status files of an earlier run over this output do not count
     result = pipeline.run(test_runner_api=False)
     failures: list[BaseException] = []
 
@@ -175,7 +176,7 @@ def _run_streaming_locally(options, config, view, started: str, recorded: Sequen
     try:
         while waiter.is_alive() and len(settled) < len(config.grids):
             time.sleep(min(view.watch_interval, 0.5))
-            for grid, state in sorted(grids_settled(config.output, config.grids).items()):
+            for grid, state in sorted(grids_settled(config.output, config.grids, since).items()):
                 if grid not in settled:
                     settled[grid] = state
                     log.info("%s %d/%d grids (%.0f s)  %s", state, len(settled), len(config.grids), time.time() - clock, grid)

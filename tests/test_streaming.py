@@ -258,6 +258,15 @@ def test_the_local_watcher_streams_exports_copied_in_over_time_and_stops_after_t
     assert len(want) == 16 and set(got) == set(want)
     assert [name for name in want if got[name] != want[name]] == []
 
+    # A restart over the same output (after a stop or a drain) re-infers nothing, waits for its own grid
+    # statuses (not the first run's), and writes the same bytes.
+    raw_files = {path: path.stat().st_mtime_ns for path in (output / "raw").rglob("*.tif")}
+    again = run(pipeline_args(exports, output, model, "--grids", ",".join(GRIDS), "--years", f"{YEARS[0]}-{YEARS[-1]}", *BANDS,
+                              "--streaming", "--watch_interval", "0.5", "--series_timeout", "300", "--overwrite"))
+    assert again["counts"] == {"written": 16} and again["started"] >= summary["finished"]
+    assert {path: path.stat().st_mtime_ns for path in (output / "raw").rglob("*.tif")} == raw_files
+    assert cogs(output) == got
+
 
 def test_a_mixer_contradicting_its_grid_is_refused_as_in_the_batch_run(tmp_path, batch, model):
     exports = tmp_path / "exports"

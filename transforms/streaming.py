@@ -367,7 +367,7 @@ class _GridSeriesFn(beam.DoFn):
                 refused: Sequence[DeadLetter] = ()) -> None:
         record = {"grid": grid, "state": state, "years_in": {str(y): f for y, f in sorted(current.items())},
                   "missing_years": list(missing), "grid_years": [s.to_record() for s in statuses],
-                  "refused": [letter.to_record() for letter in refused]}
+                  "refused": [letter.to_record() for letter in refused], "updated": time.time()}
         write_atomically(grid_status_path(self._config.output, grid), (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
         write_streaming_summary(self._config, self._started, self._command_line)
 
@@ -410,13 +410,14 @@ class StreamingGrids(beam.PTransform):
             _GridSeriesFn(config, self._timeout, self._finish_incomplete, self._started, self._command_line, self._clock))
 
 
-def grids_settled(output: str, grids: Sequence[str]) -> dict[str, str]:
-    """The grids whose status file says they are settled (SETTLED), with their state; what a local streaming
-    run waits for before it stops."""
+def grids_settled(output: str, grids: Sequence[str], since: float = 0.0) -> dict[str, str]:
+    """The grids whose status file, written at or after `since` (seconds since the epoch: not an earlier run's),
+    says they are settled (SETTLED), with their state; what a local streaming run waits for before it stops."""
     settled = {}
     for grid in grids:
         path = grid_status_path(output, grid)
-        state = read_json(path).get("state") if exists(path) else None
+        record = read_json(path) if exists(path) else {}
+        state = record.get("state") if record.get("updated", 0.0) >= since else None
         if state in SETTLED:
             settled[grid] = state
     return settled
