@@ -429,7 +429,9 @@ _SEEN_PARAM = beam.DoFn.StateParam(ReadModifyWriteStateSpec("mtime", PickleCoder
 
 class _FirstSightFn(beam.DoFn):
     """(path, (GridYearKey, mtime)) → the GridYearKey the first time the file is seen with that modification
-    time: each poll lists every file again, and a keyed state per file lets each (path, mtime) through once."""
+    time. The watch emits only what changed since its own last listing, but that memory is a cache (a watch
+    resumed on another worker, or after a restart, emits every file again); this keyed state per file is
+    what lets each (path, mtime) through once."""
 
     def process(self, element, seen=_SEEN_PARAM):
         """Emit the file's grid-year once per modification time."""
@@ -447,9 +449,9 @@ FOREVER = 2 ** 62
 class _PollTracker(RestrictionTracker):
     """The restriction of a watch: [next poll time, FOREVER) in milliseconds since the epoch.
 
-    Each call of the watch claims one poll time, then checkpoints: the residual starts just after it, so
-    the next call knows when its poll is due. It splits only to checkpoint after the claim (one watcher,
-    never parallel polls) and returns the same split if asked again."""
+    Each call of the watch claims its own time, then checkpoints: the residual starts just after it. It
+    splits only to checkpoint after the claim (one watcher, never parallel polls) and returns the same split
+    if asked again (Beam's local runner asks from its timer thread and may ask twice)."""
 
     def __init__(self, restriction: OffsetRange):
         self._range = restriction
