@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -282,6 +282,17 @@ class DeadLetter:
     def to_json(self) -> str:
         """The dead-letter line as one line of JSON (dead_letter.jsonl)."""
         return json.dumps(self.to_record())
+
+
+def encode_dead_letters(letters: Iterable[DeadLetter]) -> bytes:
+    """dead_letter.jsonl: one JSON line per dead letter, by grid, year, file and record (file-level first)."""
+    ordered = sorted(letters, key=lambda d: (d.grid, d.year, d.file, -1 if d.record is None else d.record))
+    return "".join(d.to_json() + "\n" for d in ordered).encode()
+
+
+def decode_dead_letters(data: bytes) -> list[DeadLetter]:
+    """The dead letters of a dead_letter.jsonl file (`encode_dead_letters`)."""
+    return [DeadLetter(**json.loads(line)) for line in data.decode().splitlines() if line.strip()]
 
 
 @dataclass(frozen=True)

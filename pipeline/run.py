@@ -114,23 +114,20 @@ def check_streaming(options, local: bool) -> None:
         raise UserError(f"--series_timeout ({view.series_timeout}) and --watch_interval ({view.watch_interval}) must be positive seconds")
 
 
+def _streaming_job(config, view, started: str, recorded: Sequence[str], *, local: bool):
+    """The streaming job's composite transform for these options."""
+    from transforms.streaming import StreamingJob
+
+    return StreamingJob(config=config, series_timeout=view.series_timeout, finish_incomplete=view.finish_incomplete == "true",
+                        watch_interval=view.watch_interval, exports_subscription=view.exports_subscription, local=local,
+                        started=started, command_line=recorded)
+
+
 def _run_streaming(options, config, view, started: str, recorded: Sequence[str]) -> dict:
     """Submit the streaming job (transforms/streaming.py) to Dataflow; returns where its summary will be
     (rebuilt as grids complete; each grid's state is in {output}/streaming/{grid}.json)."""
-
-    from transforms.streaming import ExportNotifications, StreamingGrids, WatchExports
-
     with beam.Pipeline(options=options) as pipeline:
-        if view.exports_subscription:
-            events = pipeline | "Export notifications" >> ExportNotifications(exports=config.exports, subscription=view.exports_subscription)
-        else:
-            events = pipeline | "Watch exports" >> WatchExports(exports=config.exports, interval=view.watch_interval)
-        _ = (
-            events
-            | "Streaming grids" >> StreamingGrids(config=config, series_timeout=view.series_timeout,
-                                                  finish_incomplete=view.finish_incomplete == "true",
-                                                  started=started, command_line=recorded, start_every_grid=True)
-        )
+        _ = pipeline | "Streaming job" >> _streaming_job(config, view, started, recorded, local=False)
     return {"summary": summary_path(config), "job": _job_id(pipeline.result)}
 
 
@@ -142,20 +139,11 @@ def _run_streaming_locally(options, config, view, started: str, recorded: Sequen
     import threading
     import time
 
-    from transforms.streaming import ExportNotifications, LocalStreamingRunner, StreamingGrids, WatchExports, grids_settled
+    from transforms.streaming import LocalStreamingRunner, grids_settled
 
     log = logging.getLogger(__name__)
     pipeline = beam.Pipeline(runner=LocalStreamingRunner(), options=options)
-    if view.exports_subscription:  # Beam's local runner reads Pub/Sub with the client library (or its emulator)
-        events = pipeline | "Export notifications" >> ExportNotifications(exports=config.exports, subscription=view.exports_subscription)
-    else:
-        events = pipeline | "Watch exports" >> WatchExports(exports=config.exports, interval=view.watch_interval, local=True)
-    _ = (
-        events
-        | "Streaming grids" >> StreamingGrids(config=config, series_timeout=view.series_timeout,
-                                              finish_incomplete=view.finish_incomplete == "true", started=started,
-                                              command_line=recorded, start_every_grid=True)
-    )
+    _ = pipeline | "Streaming job" >> _streaming_job(config, view, started, recorded, local=True)
     since = time.time()  # status files of an earlier run over this output do not count
     result = pipeline.run(test_runner_api=False)
     failures: list[BaseException] = []
@@ -168,7 +156,6 @@ def _run_streaming_locally(options, config, view, started: str, recorded: Sequen
 
     waiter = threading.Thread(target=wait, name="streaming job", daemon=True)
     waiter.start()
-    clock = time.time()
     log.info("streaming: watching %s every %g s for %d grid(s) × %d year(s); stops once every grid is filtered or "
              "reported at its series timeout (%g s)", config.exports, view.watch_interval, len(config.grids),
              len(config.years), view.series_timeout)
@@ -179,7 +166,7 @@ def _run_streaming_locally(options, config, view, started: str, recorded: Sequen
             for grid, state in sorted(grids_settled(config.output, config.grids, since).items()):
                 if grid not in settled:
                     settled[grid] = state
-                    log.info("%s %d/%d grids (%.0f s)  %s", state, len(settled), len(config.grids), time.time() - clock, grid)
+                    log.info("%s %d/%d grids (%.0f s)  %s", state, len(settled), len(config.grids), time.time() - since, grid)
     finally:
         if waiter.is_alive():
             result.cancel()

@@ -15,7 +15,7 @@ import apache_beam as beam
 
 from pipeline import __version__
 from pipeline.config import RunConfig
-from pipeline.elements import DeadLetter
+from pipeline.elements import DeadLetter, encode_dead_letters
 from pipeline.io.filesystem import absolute_uri, publish_atomically
 from pipeline.elements import GridYearStatus
 from pipeline.io.run_folder import DEAD_LETTER_NAME, raw_files, remove_stale
@@ -86,10 +86,9 @@ def write_run_files(statuses: list[GridYearStatus], dead_letters: list[DeadLette
         dead_letters=len(dead_letters),
         outputs=run_manifest(config.output, grid_years),
     )
-    ordered = sorted(dead_letters, key=lambda d: (d.grid, d.year, d.file, -1 if d.record is None else d.record))
     publish_atomically({
         summary_path(config): summary.to_json(),
-        f"{config.output}/{DEAD_LETTER_NAME}": "".join(d.to_json() + "\n" for d in ordered).encode(),
+        f"{config.output}/{DEAD_LETTER_NAME}": encode_dead_letters(dead_letters),
     })
     remove_stale(config.output, summary.outputs)
     return summary_path(config)

@@ -57,7 +57,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from pipeline.config import RunConfig
-from pipeline.elements import ClassifiedPatch, DeadLetter, ExportGeometry, ExportPatch, GridYearKey, GridYearRecords, GridYearStatus, TileKey
+from pipeline.elements import ClassifiedPatch, DeadLetter, decode_dead_letters, encode_dead_letters, ExportGeometry, ExportPatch, GridYearKey, GridYearRecords, GridYearStatus, TileKey
 from pipeline.io.export_layout import export_dir_of
 from pipeline.io.export_reader import read_export
 from pipeline.errors import UserError
@@ -90,17 +90,6 @@ def failed_paths(output: str, grid: str, year: int) -> tuple[str, str]:
     return base + ".tif", base + ".jsonl"
 
 
-def read_dead_letters(path: str) -> list[DeadLetter]:
-    """The dead letters of a .jsonl file written by the streaming job."""
-    return [DeadLetter(**json.loads(line)) for line in read_bytes(path).decode().splitlines() if line.strip()]
-
-
-def _ordered(letters: Iterable[DeadLetter]) -> list[DeadLetter]:
-    """Dead letters once each, in the batch run's order."""
-    unique = {(d.grid, d.year, d.file, d.record, d.reason): d for d in letters}
-    return sorted(unique.values(), key=lambda d: (d.grid, d.year, d.file, -1 if d.record is None else d.record))
-
-
 def write_streaming_summary(config: RunConfig, started: str, command_line: Sequence[str]) -> str:
     """Rebuild `{output}/summary.json` (the batch run's schema) and `{output}/dead_letter.jsonl` from every
     grid's status file and every failed export's dead letters: grid-years of grids not filtered yet are
@@ -110,7 +99,7 @@ def write_streaming_summary(config: RunConfig, started: str, command_line: Seque
     waiting: dict[str, str] = {}
     letters: list[DeadLetter] = []
     for path, _ in match(join(config.output, STATUS_FOLDER, FAILED_FOLDER, "*.jsonl")):
-        letters += read_dead_letters(path)
+        letters += decode_dead_letters(read_bytes(path))
     for path, _ in match(join(config.output, STATUS_FOLDER, "*.json")):
         record = read_json(path)
         letters += [DeadLetter(**entry) for entry in record.get("refused", [])]
@@ -121,12 +110,11 @@ def write_streaming_summary(config: RunConfig, started: str, command_line: Seque
             waiting[record["grid"]] = f"streaming: series timeout passed, missing years {record['missing_years']}"
     grid_years = [found.get((grid, year)) or GridYearStatus(grid, year, "skipped", reason=waiting.get(grid, PENDING))
                   for grid, year in config.grid_years()]
-    letters = _ordered(letters)
     summary = RunSummary(command="run", output=absolute_uri(config.output), parameters={**run_parameters(config), "streaming": True},
                          grid_years=grid_years, started=started, finished=now_utc(), command_line=list(command_line),
                          dead_letters=len(letters), outputs=run_manifest(config.output, grid_years))
     publish_atomically({summary_path(config): summary.to_json(),
-                        join(config.output, DEAD_LETTER_NAME): "".join(d.to_json() + "\n" for d in letters).encode()})
+                        join(config.output, DEAD_LETTER_NAME): encode_dead_letters(letters)})
     return summary_path(config)
 
 
@@ -217,7 +205,7 @@ class _InferCompleteExportFn(beam.DoFn):
         classified = self._classify(grid, patches, geometry) if patches else []
         probability = assemble_raw(geometry, classified)
         if letters:
-            write_atomically(failed_letters, "".join(d.to_json() + "\n" for d in _ordered(letters)).encode())
+            write_atomically(failed_letters, encode_dead_letters(letters))
             write_atomically(failed_raw, encode_raw(geometry, probability, FAILED_PREFIX + expected))
             self._failed.inc()
             return FAILED_PREFIX + expected
@@ -350,7 +338,7 @@ class _GridSeriesFn(beam.DoFn):
             source = raw_path(root, grid, year)
             if fingerprint_.startswith(FAILED_PREFIX):
                 source, letters = failed_paths(config.output, grid, year)
-                failed[year] = read_dead_letters(letters)
+                failed[year] = decode_dead_letters(read_bytes(letters))
             raw[year] = decode_raw(read_bytes(source), source, grid, year, fingerprint_)
         missing = [y for y in config.years if y not in current]
         refused: dict[int, list[DeadLetter]] = {}  # the batch run's check of a grid's mixers against each other
@@ -704,3 +692,33 @@ class ExportNotifications(beam.PTransform):
             | "List once" >> beam.FlatMap(_listed_once).with_output_types(GridYearKey)
         )
         return (notified, present) | "Notified and present" >> beam.Flatten()
+
+
+class StreamingJob(beam.PTransform):
+    """PBegin → GridYearStatus as grids complete: the whole streaming job, as `MiningMapperJob` is the batch one.
+
+    Its events come from the exports' Cloud Storage notifications (`exports_subscription`) or from
+    watching the exports folder every `watch_interval` seconds (`local`: Beam's local runner, see
+    `_PollExportsFn`); every asked grid's series timeout runs from the job's start."""
+
+    def __init__(self, *, config: RunConfig, series_timeout: float, finish_incomplete: bool, watch_interval: float,
+                 exports_subscription: str = "", local: bool = False, started: str | None = None, command_line: Sequence[str] = ()):
+        super().__init__()
+        self._config = config
+        self._series_timeout = series_timeout
+        self._finish_incomplete = finish_incomplete
+        self._watch_interval = watch_interval
+        self._subscription = exports_subscription
+        self._local = local
+        self._started = started
+        self._command_line = tuple(command_line)
+
+    def expand(self, pbegin) -> beam.PCollection:
+        exports = self._config.exports
+        if self._subscription:  # Beam's local runner reads Pub/Sub with the client library (or its emulator)
+            events = pbegin | "Export notifications" >> ExportNotifications(exports=exports, subscription=self._subscription)
+        else:
+            events = pbegin | "Watch exports" >> WatchExports(exports=exports, interval=self._watch_interval, local=self._local)
+        return events | "Streaming grids" >> StreamingGrids(
+            config=self._config, series_timeout=self._series_timeout, finish_incomplete=self._finish_incomplete,
+            started=self._started, command_line=self._command_line, start_every_grid=True)
