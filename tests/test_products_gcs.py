@@ -7,6 +7,7 @@ import os
 import posixpath
 
 import numpy as np
+import rasterio
 import pytest
 from affine import Affine
 
@@ -66,3 +67,22 @@ def test_stats_and_report_on_gs_paths(gcs, tmp_path):
     href = item["assets"]["data"]["href"]  # relative inside the bucket: the catalog moves with the run
     assert posixpath.normpath(posixpath.join("report/stac/classification-152-2022", href)) == "run/152/152_2022.tif"
     assert not any(n.split("/")[-1].startswith(".") for n in {b.name for b in gcs.list_blobs(BUCKET)})  # no temporaries left
+
+
+def test_filter_reads_a_series_from_gs_paths(gcs, tmp_path):
+    """`filter`'s inputs may be on Cloud Storage (its preflight probes them): the same COGs as from local files."""
+    local = tmp_path / "series"
+    rng = np.random.default_rng(9)
+    for year in range(2000, 2004):
+        values = np.where(rng.random((32, 32)) < 0.3, 30, 0).astype(np.uint8)
+        write_raster(local / f"mining_{year}.tif", values, nodata=255, transform=Affine(0.001, 0, -55.0, 0, -0.001, -2.0))
+    _upload(gcs, local, "series")
+    code, _, err = run_cli("filter", f"gs://{BUCKET}/series", "--output", tmp_path / "remote", "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli("filter", local, "--output", tmp_path / "here", "--quiet")
+    assert code == 0, err
+    names = sorted(p.name for p in (tmp_path / "here").glob("*.tif"))
+    assert len(names) == 4
+    for name in names:
+        with rasterio.open(tmp_path / "remote" / name) as remote, rasterio.open(tmp_path / "here" / name) as here:
+            assert (remote.read() == here.read()).all()

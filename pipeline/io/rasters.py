@@ -42,55 +42,18 @@ def year_from_name(path: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def _year_from_tags(path: str) -> int | None:
-    with rasterio.open(path) as src:
-        tags = src.tags()
-    for key in ("year", "YEAR", "Year"):
-        if key in tags:
-            try:
-                return int(str(tags[key]).strip())
-            except ValueError:
-                raise UserError(f"{path}: tag {key}={tags[key]!r} is not a year") from None
-    return None
-
-
-def expand_inputs(inputs: Sequence[str]) -> list[str]:
-    """Expand folders (their GeoTIFFs) and glob patterns into a sorted list of files."""
-    files: list[str] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(os.path.join(item, f) for f in os.listdir(item) if f.endswith(RASTER_SUFFIXES))
-            if not found:
-                raise UserError(f"{item}: folder holds no GeoTIFF (*.tif, *.tiff)")
-            files.extend(found)
-        elif any(ch in item for ch in "*?["):
-            found = sorted(glob.glob(item))
-            if not found:
-                raise UserError(f"{item}: pattern matches no file")
-            files.extend(found)
-        elif os.path.isfile(item):
-            files.append(item)
-        else:
-            raise UserError(f"{item}: no such file or folder")
-    return files
-
-
 def find_annual_rasters(inputs: Sequence[str], years: Sequence[int] | None = None) -> dict[int, str]:
-    """Map each year to its raster: year from the file name, else from a `year` tag.
+    """Map each year to its raster (inputs as `list_rasters`: files, folders, patterns, local or gs://): year
+    from the file name, else from a `year` tag.
 
     Refuses a file with no year, two files for one year, and (when `years` is given, or always
     for the span found) a year missing from the range.
     """
     by_year: dict[int, str] = {}
-    for path in expand_inputs(inputs):
-        year = year_from_name(path)
-        if year is None:
-            try:
-                year = _year_from_tags(path)
-            except rasterio.errors.RasterioIOError as error:
-                raise UserError(f"{path}: not a readable raster ({error})") from None
-        if year is None:
-            raise UserError(f"{path}: no year in the file name and no 'year' tag")
+    for path in list_rasters(inputs):
+        year = year_from_name(basename(path))
+        if year is None:  # opened only when the name has no year
+            year = describe_raster(path).year
         if year in by_year:
             raise UserError(f"year {year} is given twice: {by_year[year]} and {path}")
         by_year[year] = path
@@ -149,20 +112,17 @@ def read_class_series(
     reference: tuple | None = None
     for index, year in enumerate(years):
         path = rasters[year]
-        try:
-            with rasterio.open(path) as src:
-                grid = (src.crs, src.transform, (src.height, src.width))
-                if reference is None:
-                    reference = grid + (path,)
-                    if src.crs is None:
-                        raise UserError(f"{path}: raster has no CRS")
-                    stack = np.empty((len(years), src.height, src.width), dtype=np.uint8)
-                else:
-                    _check_same_grid(path, grid, reference)
-                values = src.read(1)
-                nodata = [src.nodata, *extra_nodata]
-        except rasterio.errors.RasterioIOError as error:
-            raise UserError(f"{path}: not a readable raster ({error})") from None
+        with open_raster(path) as src:
+            grid = (src.crs, src.transform, (src.height, src.width))
+            if reference is None:
+                reference = grid + (path,)
+                if src.crs is None:
+                    raise UserError(f"{path}: raster has no CRS")
+                stack = np.empty((len(years), src.height, src.width), dtype=np.uint8)
+            else:
+                _check_same_grid(path, grid, reference)
+            values = src.read(1)
+            nodata = [src.nodata, *extra_nodata]
         stack[index] = to_mining_classes(values, class_value, nodata)
         if progress:
             progress(index + 1, len(years), path)
