@@ -66,6 +66,23 @@ def arrays_from_features(
     Not-observed pixels get `fill_value` in every band (0, Earth Engine's default), so NaN or -9999
     never reach the model's convolutions; None keeps the values as read.
     """
+    bands_, observed, _ = _arrays_observed_outside(features, bands, record_side, nodata_values, fill_value=fill_value,
+                                                   allow_extra_bands=allow_extra_bands, source=source)
+    return bands_, observed
+
+
+def _arrays_observed_outside(
+    features: Mapping[str, np.ndarray],
+    bands: Sequence[str],
+    record_side: int,
+    nodata_values: Sequence[float],
+    *,
+    fill_value: float | None,
+    allow_extra_bands: bool,
+    source: str,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`arrays_from_features` plus where a band is outside its stored range (`outside_stored_range`), from
+    the same pass over each band: the reader counts those pixels apart."""
     if not bands:
         raise ValueError("no bands requested")
     missing = [b for b in bands if b not in features]
@@ -75,6 +92,7 @@ def arrays_from_features(
     n = record_side * record_side
     out = np.empty((record_side, record_side, len(bands)), dtype=np.float32)
     observed = np.ones(n, dtype=bool)
+    outside = np.zeros(n, dtype=bool)
     nodata = [np.float32(v) for v in nodata_values]
     for i, band in enumerate(bands):
         values = features[band]
@@ -86,12 +104,15 @@ def arrays_from_features(
                 f"({record_side}x{record_side}: patch + kernel)"
             )
         out[..., i] = values.reshape(record_side, record_side)
-        # DESIGN §2's rule (`pipeline.contract.observed_pixels`), one contiguous band at a time
-        observed &= band_observed(values, first_band=i == 0, nodata_values=nodata, band=band)
+        # DESIGN §2's rule (`pipeline.contract.observed_pixels`), one contiguous band at a time: observed
+        # with no range (band None), less what lies outside the band's stored range
+        bad = outside_stored_range(values, band, nodata)
+        observed &= band_observed(values, first_band=i == 0, nodata_values=nodata) & ~bad
+        outside |= bad
     observed = observed.reshape(record_side, record_side)
     if fill_value is not None:
         out[~observed] = fill_value
-    return out, observed
+    return out, observed, outside.reshape(record_side, record_side)
 
 
 def parse_patch_record(
@@ -195,14 +216,11 @@ class _Reader:
         """An ExportPatch from one record's bytes (RecordError if it is not a usable patch)."""
         features = decode_example(data, source)
         side = self.side_for(features, source)
-        bands, observed = arrays_from_features(
-            features, self.bands, side, self.nodata_values, fill_value=self.fill_value, source=source
+        bands, observed, outside = _arrays_observed_outside(
+            features, self.bands, side, self.nodata_values, fill_value=self.fill_value, allow_extra_bands=True, source=source
         )
-        outside = np.zeros(observed.shape, dtype=bool)
-        for band in self.bands:
-            outside |= outside_stored_range(features[band], band, self.nodata_values).reshape(observed.shape)
-        row, col = divmod(index, self.geometry.patches_per_row)
         g = self.geometry
+        row, col = g.patch_position(index)
         return ExportPatch(g.grid, g.year, index, row, col, self.kernel, bands, observed,
                            int(crop_buffer(outside, self.kernel).sum()))
 
