@@ -252,8 +252,6 @@ class CogWriter:
             "BIGTIFF": "IF_SAFER",
         }
         self._dataset = rasterio.open(self._staging, "w", **profile)
-        for index, text in enumerate(descriptions, start=1):
-            self._dataset.set_band_description(index, text)
         describe_cog(self._dataset, descriptions, tags)
 
     def write(self, array: np.ndarray, window: Window, band: int | None = None) -> None:

@@ -19,6 +19,10 @@ from pipeline.errors import UserError
 REMOTE_PREFIXES = ("gs://",)
 
 
+PARTIAL_MARK = ".partial-"
+"""In the name of a temporary of `publish_atomically` (`.NAME.partial-HEX`)."""
+
+
 def _filesystems():
     from apache_beam.io.filesystems import FileSystems
 
@@ -102,11 +106,7 @@ def exists(path: str) -> bool:
 
 def match(pattern: str) -> list[tuple[str, int]]:
     """(path, size) of every file matching a Beam pattern ('*' stays in a folder, '**' crosses them), sorted."""
-    try:
-        results = _filesystems().match([str(pattern)])
-    except Exception as error:  # noqa: BLE001 - Beam raises BeamIOError with per-pattern causes
-        raise UserError(f"{pattern}: cannot list ({error})") from None
-    return sorted((m.path, m.size_in_bytes) for r in results for m in r.metadata_list)
+    return [(path, size) for path, size, _ in match_identity(pattern)]
 
 
 def match_identity(pattern: str) -> list[tuple[str, int, float]]:
@@ -180,7 +180,7 @@ def publish_atomically(files: Mapping[str, bytes | os.PathLike]) -> None:
         for path, data in files.items():
             path = str(path)
             directory, name = path.rsplit("/", 1) if "://" in path else os.path.split(path)
-            temporary = join(directory, f".{name}.partial-{uuid.uuid4().hex}")
+            temporary = join(directory, f".{name}{PARTIAL_MARK}{uuid.uuid4().hex}")
             staged[temporary] = path
             try:
                 with filesystems.create(temporary) as handle:

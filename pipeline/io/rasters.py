@@ -20,6 +20,7 @@ from affine import Affine
 from pipeline.contract import MINING, NOT_MINING, NOT_OBSERVED, OUTPUT_MINING
 from pipeline.errors import UserError
 from pipeline.io.filesystem import basename, gdal_path, is_remote, match, parent_name
+from pipeline.io.raw import RAW_FOLDER
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".TIF", ".TIFF")
 _YEAR_IN_NAME = re.compile(r"(?<!\d)(1[89]\d\d|20\d\d|2100)(?!\d)")
@@ -222,7 +223,7 @@ def manifest_rasters(item: str) -> list[str] | None:
     if listed is None:
         return None
     prefix = item.rstrip("/") + "/"
-    return [p for p in listed if p.endswith(RASTER_SUFFIXES) and not p[len(prefix):].startswith("raw/")]
+    return [p for p in listed if p.endswith(RASTER_SUFFIXES) and not p[len(prefix):].startswith(RAW_FOLDER + "/")]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.contract import NOT_OBSERVED
 from pipeline.elements import ClassifiedPatch, ExportGeometry
 from pipeline.io.export_layout import export_dir_of
-from pipeline.io.filesystem import exists, join, match_identity, open_read, read_bytes, write_atomically
+from pipeline.io.filesystem import basename, exists, join, match_identity, open_read, read_bytes, write_atomically
 
 RAW_FOLDER = "raw"
 RAW_FORMAT = "mining-mapper.raw/1"
@@ -61,7 +61,7 @@ def model_digest(path: str) -> str:
     digest = hashlib.sha256()
     prefix = str(path).rstrip("/") + "/"
     for name, _, _ in files:
-        digest.update((name[len(prefix):] if name.startswith(prefix) else name.rsplit("/", 1)[-1]).encode() + b"\0")
+        digest.update((name[len(prefix):] if name.startswith(prefix) else basename(name)).encode() + b"\0")
         with open_read(name) as handle:
             for chunk in iter(lambda: handle.read(8 << 20), b""):
                 digest.update(chunk)
@@ -71,7 +71,7 @@ def model_digest(path: str) -> str:
 def export_identity(exports_root: str, grid: str, year: int) -> list[tuple[str, int, float]]:
     """(name, size, modification time) of every file of a (grid, year) export: mixer and shards."""
     folder = export_dir_of(exports_root, grid, year)
-    return [(path.rstrip("/").rsplit("/", 1)[-1], size, mtime) for path, size, mtime in match_identity(join(folder, "*"))]
+    return [(basename(path), size, mtime) for path, size, mtime in match_identity(join(folder, "*"))]
 
 
 def fingerprint(model: str, band_preset: str, bands: Sequence[str], nodata: Sequence[float],

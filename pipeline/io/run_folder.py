@@ -28,17 +28,17 @@ from dataclasses import dataclass
 
 from pipeline.errors import UserError
 from pipeline.io import filesystem
-from pipeline.io.summary import SUMMARY_NAME
+from pipeline.io.filesystem import PARTIAL_MARK
+from pipeline.io.raw import RAW_FOLDER
+from pipeline.io.summary import SUMMARY_NAME, now_utc
 
 LOCK_NAME = ".mining-mapper.lock"
 LOCK_MAX_AGE_S = 7 * 24 * 3600
 """A lock older than this is stale whatever its process: a run is never that long, a dead host's lock is."""
-RAW_FOLDER = "raw"
 OUR_FILES = (".tif", ".tiff")
 DEAD_LETTER_NAME = "dead_letter.jsonl"
 AREAS_NAME = "areas.csv"
 OUR_NAMES = (SUMMARY_NAME, DEAD_LETTER_NAME, AREAS_NAME)
-PARTIAL_MARK = ".partial-"
 BEAM_TEMP_PREFIX = "beam-temp-"
 
 
@@ -159,7 +159,7 @@ def acquire_lock(folder: str, command: str, max_age_s: float = LOCK_MAX_AGE_S) -
         raise UserError(f"{folder}: another run is writing here, {existing.describe()}; wait for it to end, "
                         f"or choose another output (a lock of a run that is gone is {existing.path})")
     lock = Lock(filesystem.join(folder, LOCK_NAME), os.getpid(), socket.gethostname(),
-                _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(), command)
+                now_utc(), command)
     data = json.dumps({"pid": lock.pid, "host": lock.host, "started": lock.started, "command": lock.command}).encode()
     if filesystem.is_remote(folder):
         filesystem.publish_atomically({lock.path: data})
