@@ -137,19 +137,17 @@ def band_observed(values: np.ndarray, *, first_band: bool, nodata_values: Sequen
     return ok
 
 
-def observed_pixels(array: np.ndarray, nodata_values: Sequence[float] = DEFAULT_NODATA,
-                    bands: Sequence[str] | None = None) -> np.ndarray:
+def observed_pixels(array: np.ndarray, nodata_values: Sequence[float] = DEFAULT_NODATA) -> np.ndarray:
     """Where a (…, bands) stack holds a valid mosaic pixel (DESIGN §2).
 
-    Not observed: any band NaN or infinite, any band equal to a no-data value or outside the stored
-    range 0–255 (`STORED_RANGE`, when `bands` names the preset bands of the last axis), or the first band 0
-    (Earth Engine fills masked pixels with the export's default value, 0 unless set). Training and
-    inference both mask with this one rule.
+    Not observed: any band NaN or infinite, any band equal to a no-data value, or the first band 0 (Earth
+    Engine fills masked pixels with the export's default value, 0 unless set). Training and inference both
+    mask with this one rule; the preset bands' stored range 0–255 (`STORED_RANGE`) is added on top by the
+    reader (`band_observed`, `outside_stored_range`) and by training (`model.data.observed_mask`).
     """
     ok = np.ones(array.shape[:-1], dtype=bool)
     for i in range(array.shape[-1]):
-        ok &= band_observed(array[..., i], first_band=i == 0, nodata_values=nodata_values,
-                            band=bands[i] if bands is not None else None)
+        ok &= band_observed(array[..., i], first_band=i == 0, nodata_values=nodata_values)
     return ok
 
 

@@ -171,16 +171,12 @@ class _Reader:
         """Read the kernel from a shard's first record that has one (records not placed still tell it)."""
         if self.kernel is not None:
             return
-        try:
-            for item in read_shard(path):
-                if isinstance(item, bytes):
-                    try:
-                        self.side_for(decode_example(item, path), path)
-                        return
-                    except RecordError:
-                        continue
-        except ShardError:
-            return
+        for item in _intact_records(path):
+            try:
+                self.side_for(decode_example(item, path), path)
+                return
+            except RecordError:
+                continue
 
     def vote_kernel(self, paths: Sequence[str]) -> None:
         """Set the kernel from the record size most shards share, so a shard of the wrong size is the one blamed.
@@ -236,18 +232,26 @@ def _count_frames(path: str) -> tuple[int, str | None]:
     return count, None
 
 
-def _first_record_side(path: str, bands: Sequence[str]) -> int | None:
-    """The record side of a shard's first decodable record (None when it has none)."""
+def _intact_records(path: str) -> Iterator[bytes]:
+    """A shard's records that pass their checksums, in order, until its framing breaks (no error raised):
+    what the probes of a shard's first usable record read."""
     try:
         for item in read_shard(path):
             if isinstance(item, bytes):
-                try:
-                    return record_side_of(decode_example(item, path), bands, path)
-                except RecordError:
-                    return None
+                yield item
     except ShardError:
+        return
+
+
+def _first_record_side(path: str, bands: Sequence[str]) -> int | None:
+    """The record side of a shard's first intact record (None when it has none or it does not decode)."""
+    item = next(_intact_records(path), None)
+    if item is None:
         return None
-    return None
+    try:
+        return record_side_of(decode_example(item, path), bands, path)
+    except RecordError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -271,27 +275,25 @@ def probe_export(export_dir: str, grid: str, year: int) -> RecordProbe | None:
     except ExportError:
         return None
     for path in shards:
-        try:
-            for item in read_shard(path):
-                if isinstance(item, bytes):
-                    features = decode_example(item, path)
-                    first = next(iter(features.values()), None)
-                    side = math.isqrt(first.size) if first is not None else 0
-                    return RecordProbe(path, geometry.patch_size, tuple(sorted(features)), side)
-        except (ShardError, RecordError):
+        item = next(_intact_records(path), None)
+        if item is None:
             continue
+        try:
+            features = decode_example(item, path)
+        except RecordError:
+            continue
+        first = next(iter(features.values()), None)
+        side = math.isqrt(first.size) if first is not None else 0
+        return RecordProbe(path, geometry.patch_size, tuple(sorted(features)), side)
     return None
 
 
 def _first_record_length(paths: Sequence[str]) -> int | None:
     """The length of the first readable record among the shards (None if none)."""
     for path in paths:
-        try:
-            for item in read_shard(path):
-                if isinstance(item, bytes):
-                    return len(item)
-        except ShardError:
-            continue
+        item = next(_intact_records(path), None)
+        if item is not None:
+            return len(item)
     return None
 
 
