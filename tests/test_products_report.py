@@ -256,6 +256,9 @@ def test_quicklook_shows_the_probability_band(tmp_path):
                          tags={"grid": "7", "year": 2006}, descriptions=["mining_classification", "mining_probability"])
     assert quicklook_png(annual_rasters.describe_raster(str(empty)))[1] == ["probability of mining", "classes (no mining)"]
     assert Image.open(io.BytesIO(png)).format == "PNG"
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []  # every figure closed: a report draws many quicklooks
 
 
 def test_quicklook_reduction_keeps_every_mine():

@@ -117,14 +117,19 @@ def _svg(figure) -> str:
     return text[text.index("<svg"):]
 
 
-def _figure(width: float = 9.0, height: float = 3.8):
+def _pyplot():
+    """matplotlib's pyplot, headless (Agg) and with deterministic SVG ids."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.hashsalt"] = "mining-mapper"
-    return plt.subplots(figsize=(width, height))
+    return plt
+
+
+def _figure(width: float = 9.0, height: float = 3.8):
+    return _pyplot().subplots(figsize=(width, height))
 
 
 GRID_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2", "#bcbd22")
@@ -259,10 +264,8 @@ LEGEND = {
 PROBABILITY_CMAP = "magma"
 
 
-def _extent_and_labels(ref: annual_rasters.RasterRef) -> tuple[list[float], str, str, str]:
+def _extent_and_labels(bounds, crs) -> tuple[list[float], str, str, str]:
     """imshow extent (left, right, bottom, top) in the raster's CRS, axis labels, and the CRS name."""
-    with annual_rasters.open_raster(ref.path) as src:
-        bounds, crs = src.bounds, src.crs
     extent = [bounds.left, bounds.right, bounds.bottom, bounds.top]
     if crs is not None and crs.is_geographic:
         return extent, "longitude (°)", "latitude (°)", crs.to_string()
@@ -288,26 +291,23 @@ def quicklook_png(
     Returns the PNG, the panel titles (for the caption; a class panel without mining says so) and whether
     the input mosaic was drawn.
     """
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    with annual_rasters.open_raster(ref.path) as src:
-        descriptions = [(d or "").lower() for d in src.descriptions]
+    plt = _pyplot()
+    with annual_rasters.open_raster(ref.path) as src:  # one open of the grid-year for all it gives
         shape = src.shape
-    composite = read_composite(exports, ref.grid, ref.year, shape, max_side) if exports and ref.grid else None
-    factor = composite.factor if composite is not None else block_factor(shape, max_side)
-    extent, xlabel, ylabel, crs_name = _extent_and_labels(ref)
-    panels = []
-    probability = [i for i, d in enumerate(descriptions) if "prob" in d]
-    if probability:
-        values, _ = _read_band(ref.path, probability[0] + 1)
-        panels.append(("probability of mining", reduce_probability(values, max_side, factor), None))
-    if before:
-        values, nodata = _read_band(before, 1)
-        panels.append(("before the filters", reduce_classes(values, before_class_value, nodata, max_side, factor), "classes"))
-    values, nodata = _read_band(ref.path, 1)
-    panels.append(("after the filters" if before else "classes", reduce_classes(values, mining_value, nodata, max_side, factor), "classes"))
-    _figure()
+        composite = read_composite(exports, ref.grid, ref.year, shape, max_side) if exports and ref.grid else None
+        factor = composite.factor if composite is not None else block_factor(shape, max_side)
+        extent, xlabel, ylabel, crs_name = _extent_and_labels(src.bounds, src.crs)
+        panels = []
+        probability = [i for i, d in enumerate(src.descriptions) if "prob" in (d or "").lower()]
+        if probability:
+            panels.append(("probability of mining", reduce_probability(src.read(probability[0] + 1), max_side, factor), None))
+        if before:
+            values, nodata = _read_band(before, 1)
+            panels.append(("before the filters", reduce_classes(values, before_class_value, nodata, max_side, factor), "classes"))
+        panels.append(("after the filters" if before else "classes",
+                       reduce_classes(src.read(1), mining_value, src.nodata, max_side, factor), "classes"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 4.6), squeeze=False)
     for ax, (title, image, kind) in zip(axes[0], panels):
         if kind is None:
