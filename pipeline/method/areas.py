@@ -51,7 +51,7 @@ def pixel_areas_m2(crs, transform: Affine, shape: tuple[int, int], window: Windo
     For a geographic CRS the result is (rows, 1), one value per row; for a projected CRS it is
     (rows, cols). `crs` may be a rasterio or pyproj CRS or anything pyproj accepts.
     """
-    crs = _pyproj_crs(crs)
+    crs = pyproj_crs(crs)
     rows, cols = shape
     row_off, col_off = 0, 0
     if window is not None:
@@ -62,7 +62,7 @@ def pixel_areas_m2(crs, transform: Affine, shape: tuple[int, int], window: Windo
     return projected_areas_m2(crs, transform, np.arange(rows) + row_off, np.arange(cols) + col_off)
 
 
-def _pyproj_crs(crs) -> CRS:
+def pyproj_crs(crs) -> CRS:
     """A pyproj CRS from a rasterio or pyproj CRS or anything pyproj accepts."""
     return CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
 
@@ -115,7 +115,7 @@ class PixelAreas:
     def __init__(self, crs, transform: Affine, shape: tuple[int, int], step: int = 64) -> None:
         if step < 1:
             raise ValueError(f"lattice step must be at least 1 pixel, not {step}")
-        self.crs = _pyproj_crs(crs)
+        self.crs = pyproj_crs(crs)
         self.transform = transform
         self.shape = (int(shape[0]), int(shape[1]))
         self.geographic = self.crs.is_geographic
@@ -184,10 +184,4 @@ def hectares(mask: np.ndarray, areas_m2: np.ndarray) -> float:
 
 def hectares_per_year(stack: np.ndarray, value: int, areas_m2: np.ndarray) -> np.ndarray:
     """Hectares of pixels equal to `value` in each year of a (years, rows, cols) stack."""
-    if areas_m2.shape[1] == 1:
-        # One area per row: count per row, then one dot product per year.
-        row_areas = areas_m2[:, 0]
-        return np.array(
-            [np.count_nonzero(stack[t] == value, axis=1) @ row_areas for t in range(stack.shape[0])]
-        ) / SQUARE_METRES_PER_HECTARE
     return np.array([hectares(stack[t] == value, areas_m2) for t in range(stack.shape[0])])

@@ -57,9 +57,9 @@ def canonical_class(value: object, accepted: Mapping[str, str] = _CLASS_ALIASES)
 # ----------------------------------------------------------------------------------------------
 def pixel_size_m(crs, transform, shape: tuple[int, int]) -> tuple[float, float]:
     """(row height, column width) of a pixel in metres at the raster's centre, for distance-based rings."""
-    from pyproj import CRS
+    from pipeline.method.areas import pyproj_crs
 
-    crs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    crs = pyproj_crs(crs)
     if crs.is_projected:
         unit = crs.axis_info[0].unit_conversion_factor
         return abs(transform.e) * unit, abs(transform.a) * unit
@@ -330,9 +330,9 @@ def make_design(
     """
     import json
 
-    from pyproj import CRS, Transformer
+    from pyproj import Transformer
 
-    from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, PixelAreas
+    from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, PixelAreas, pyproj_crs
     from pipeline.io import rasters as annual_rasters
     from pipeline.products.stats import nodata_mask
 
@@ -362,7 +362,7 @@ def make_design(
     rows = np.array([r for _, r, _ in picked], dtype=np.float64)
     cols = np.array([c for _, _, c in picked], dtype=np.float64)
     xs, ys = transform @ (cols + 0.5, rows + 0.5)
-    to_lonlat = Transformer.from_crs(CRS.from_wkt(crs.to_wkt()), "EPSG:4326", always_xy=True)
+    to_lonlat = Transformer.from_crs(pyproj_crs(crs), "EPSG:4326", always_xy=True)
     lons, lats = to_lonlat.transform(xs, ys)
     features, csv_rows = [], []
     for i, ((stratum, row, col), x, y, lon, lat) in enumerate(zip(picked, np.atleast_1d(xs), np.atleast_1d(ys), np.atleast_1d(lons), np.atleast_1d(lats)), start=1):

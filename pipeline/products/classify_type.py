@@ -18,7 +18,7 @@ from pyproj import CRS, Transformer
 from rasterio.features import shapes
 from scipy import ndimage
 
-from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2
+from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, pixel_areas_m2, pyproj_crs
 from pipeline.io.cog import CLASS_ID_NODATA
 from pipeline.products.occurrences import Occurrences
 
@@ -45,7 +45,7 @@ def component_polygons(labels: np.ndarray, count: int, transform) -> np.ndarray:
 
 def metric_crs(raster_crs, bounds: Sequence[float]) -> CRS:
     """A CRS in metres for distances: the raster's own when projected in metres, else a local equal-area one."""
-    crs = CRS.from_user_input(raster_crs.to_wkt() if hasattr(raster_crs, "to_wkt") else raster_crs)
+    crs = pyproj_crs(raster_crs)
     if crs.is_projected and abs(crs.axis_info[0].unit_conversion_factor - 1.0) < 1e-12:
         return crs
     west, south, east, north = bounds
@@ -66,7 +66,7 @@ def occurrences_within(occurrences_metric: Occurrences, raster_crs, bounds: Sequ
     """
     if len(occurrences_metric.geometries) == 0:
         return 0
-    crs = CRS.from_user_input(raster_crs.to_wkt() if hasattr(raster_crs, "to_wkt") else raster_crs)
+    crs = pyproj_crs(raster_crs)
     west, south, east, north = bounds
     footprint = shapely.box(west, south, east, north).segmentize(max(east - west, north - south) / 20.0)
     if crs != metric:
@@ -161,7 +161,7 @@ def classify_year(
     if count == 0:
         return out, []
     polygons = component_polygons(labels, count, transform)
-    raster_crs = CRS.from_user_input(crs.to_wkt() if hasattr(crs, "to_wkt") else crs)
+    raster_crs = pyproj_crs(crs)
     if raster_crs != metric:
         to_metric = Transformer.from_crs(raster_crs, metric, always_xy=True)
         polygons_m = shapely.transform(polygons, lambda xy: np.column_stack(to_metric.transform(xy[:, 0], xy[:, 1])))
