@@ -27,13 +27,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from pipeline.contract import OUTPUT_MINING as MINING
+from pipeline.contract import OUTPUT_NODATA as NOT_OBSERVED  # where a not-observed pixel votes (c9-code), as in the COGs
+from pipeline.contract import OUTPUT_NOT_MINING as NOT_MINING
 from pipeline.earthengine.retry import Backoff, RateLimiter, call_with_backoff
 from pipeline.io.tables import ClassIdTable
-
-MINING = 30
-NOT_MINING = 0
-NOT_OBSERVED = 255  # the value not observed takes where it votes (c9-code), as in the COGs
-MODES = ("appendix", "c9-code")
+from pipeline.method.filters import MODES
 CRS = "EPSG:4326"
 MAX_CONNECTED = 1024  # Earth Engine's limit on connectedPixelCount's maxSize
 
