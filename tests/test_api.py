@@ -3,6 +3,7 @@ example (read a class series, run the filter chain, build the job into a Beam pi
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 
@@ -41,3 +42,29 @@ def test_the_readme_filter_example_runs_on_the_real_series():
     assert series.years == list(range(2000, 2006)) and result.classes.shape == series.stack.shape
     assert all(h > 0 for h in hectares)
     assert np.isin(result.classes, (0, 1, 255)).all()
+
+
+def test_the_readme_job_example_builds_the_job_into_a_beam_pipeline(tmp_path):
+    """The README's second example, on the synthetic exports and stand-in model: MiningMapperJob in a user's own
+    Beam pipeline writes the COGs and the summary and hands on one status per grid-year."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.util import assert_that
+
+    from pipeline.options import build_config
+    from tests.support.synthetic_run import YEARS, stand_in_model, truth_stack, write_exports
+    from transforms import MiningMapperJob
+
+    write_exports(tmp_path / "exports", truth_stack())
+    model = stand_in_model(str(tmp_path / "model.keras"))
+    options = PipelineOptions(["--exports", str(tmp_path / "exports"), "--model", model, "--output", str(tmp_path / "out"),
+                               "--runner", "FnApiRunner"])
+
+    def one_written_status_per_year(statuses):
+        assert sorted((s.grid, s.year, s.status) for s in statuses) == [("1010", y, "written") for y in YEARS]
+
+    with beam.Pipeline(options=options) as p:
+        statuses = p | MiningMapperJob(config=build_config(options))
+        assert_that(statuses, one_written_status_per_year)
+    assert (tmp_path / "out" / "summary.json").exists()
+    assert sorted(os.listdir(tmp_path / "out" / "1010")) == [f"1010_{y}.tif" for y in YEARS]

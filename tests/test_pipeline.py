@@ -96,6 +96,8 @@ def test_rerun_overwrites_with_identical_files(tmp_path, model_path):
     args = pipeline_args(tmp_path / "exports", tmp_path / "out", model_path, "--years", "2000-2007", "--overwrite")
     run(args)
     first = {p: (tmp_path / "out" / "1010" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "1010")}
-    run(args)
+    inodes = {p: (tmp_path / "out" / "1010" / p).stat().st_ino for p in first}
+    assert run(args)["counts"] == {"written": len(YEARS)}
     second = {p: (tmp_path / "out" / "1010" / p).read_bytes() for p in os.listdir(tmp_path / "out" / "1010")}
     assert first == second and len(first) == len(YEARS)
+    assert all((tmp_path / "out" / "1010" / p).stat().st_ino != inodes[p] for p in first)  # written again, not kept

@@ -80,6 +80,9 @@ def test_stats_and_report_read_only_the_rasters_the_manifest_lists(tmp_path):
     csvs = [p for p in os.listdir(tmp_path / "stats") if p.endswith(".csv")]
     text = "".join((tmp_path / "stats" / p).read_text() for p in csvs)
     assert csvs and "1999" not in text and "2002" in text
+    assert main(["report", str(tmp_path / "out"), "--output", str(tmp_path / "report"), "--quiet"]) == 0
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "mining_2002.tif" in page and "mining_1999.tif" not in page
 
 
 def test_a_live_lock_refuses_a_second_run_naming_pid_and_host(tmp_path, capsys):
