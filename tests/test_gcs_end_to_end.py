@@ -16,7 +16,6 @@ service account is found as usual; nothing in the pipeline code changes.
 from __future__ import annotations
 
 import io
-import os
 import socket
 import time
 
@@ -27,7 +26,7 @@ import rasterio
 from pipeline.errors import UserError
 from pipeline.method.filters import FilterParams
 from pipeline.run import run
-from tests.support.storage import emulator_process
+from tests.support.storage import emulator_process, upload_tree
 from tests.support.synthetic_run import YEARS, expected_cog, pipeline_args, stand_in_model, truth_stack, write_exports
 
 EXPORTS_BUCKET = "mm-exports"
@@ -76,18 +75,6 @@ def gcs(emulator, monkeypatch):
             client.create_bucket(name)
     yield client
     assert outside == [], f"connections outside the emulator: {outside}"
-
-
-def upload_tree(client, local_root, bucket: str, prefix: str) -> list[str]:
-    """Upload every file under `local_root` to gs://bucket/prefix/…; returns the object names."""
-    names = []
-    for folder, _, files in os.walk(local_root):
-        for name in sorted(files):
-            path = os.path.join(folder, name)
-            blob_name = f"{prefix}/{os.path.relpath(path, local_root)}".replace(os.sep, "/")
-            client.bucket(bucket).blob(blob_name).upload_from_filename(path)
-            names.append(blob_name)
-    return sorted(names)
 
 
 def test_beam_gcs_filesystem_talks_to_the_emulator(gcs, emulator):

@@ -3,7 +3,6 @@ listings and outputs through Beam's FileSystems — the same code as for local p
 from __future__ import annotations
 
 import json
-import os
 import posixpath
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 from affine import Affine
 
 from tests.support.products import run_cli, write_raster
-from tests.support.storage import storage_emulator
+from tests.support.storage import storage_emulator, upload_tree
 
 BUCKET = "mm-products"
 
@@ -35,18 +34,10 @@ def _pipeline_layout(root):
                          tags={"grid": grid, "year": year})
 
 
-def _upload(client, local_root, prefix):
-    for folder, _, files in os.walk(local_root):
-        for name in files:
-            path = os.path.join(folder, name)
-            blob = f"{prefix}/{os.path.relpath(path, local_root)}".replace(os.sep, "/")
-            client.bucket(BUCKET).blob(blob).upload_from_filename(path)
-
-
 def test_stats_and_report_on_gs_paths(gcs, tmp_path):
     local = tmp_path / "run"
     _pipeline_layout(local)
-    _upload(gcs, local, "run")
+    upload_tree(gcs, local, BUCKET, "run")
     code, _, err = run_cli("stats", f"gs://{BUCKET}/run", "--output", f"gs://{BUCKET}/stats", "--quiet")
     assert code == 0, err
     code, _, err = run_cli("stats", local, "--output", tmp_path / "stats", "--quiet")
@@ -76,7 +67,7 @@ def test_filter_reads_a_series_from_gs_paths(gcs, tmp_path):
     for year in range(2000, 2004):
         values = np.where(rng.random((32, 32)) < 0.3, 30, 0).astype(np.uint8)
         write_raster(local / f"mining_{year}.tif", values, nodata=255, transform=Affine(0.001, 0, -55.0, 0, -0.001, -2.0))
-    _upload(gcs, local, "series")
+    upload_tree(gcs, local, BUCKET, "series")
     code, _, err = run_cli("filter", f"gs://{BUCKET}/series", "--output", tmp_path / "remote", "--quiet")
     assert code == 0, err
     code, _, err = run_cli("filter", local, "--output", tmp_path / "here", "--quiet")

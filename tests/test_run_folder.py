@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
 
 from pipeline.cli import main
 from pipeline.errors import UserError
 from pipeline.io.rasters import list_rasters
+from tests.support.products import write_raster
 from pipeline.io.run_folder import (
     LOCK_NAME,
     acquire_lock,
@@ -35,9 +35,7 @@ def write_series(folder, years=YEARS, seed=0) -> None:
     for year in years:
         data = np.where(rng.random((24, 24)) < 0.3, 30, 0).astype(np.uint8)
         data[4:12, 4:12] = 30
-        with rasterio.open(folder / f"map_{year}.tif", "w", driver="GTiff", height=24, width=24, count=1, dtype="uint8",
-                           crs="EPSG:31982", transform=Affine(30, 0, 500000, 0, -30, 9000000), nodata=255) as dst:
-            dst.write(data, 1)
+        write_raster(folder / f"map_{year}.tif", data, crs="EPSG:31982", transform=Affine(30, 0, 500000, 0, -30, 9000000), nodata=255)
 
 
 def run_filter(inputs, output, *extra) -> int:
@@ -157,7 +155,7 @@ def test_ingest_of_a_run_folder_takes_the_cogs_its_manifest_lists_not_a_stray_on
 
 def test_a_run_into_a_locked_output_is_refused_before_reading(tmp_path, capsys):
     from pipeline.run import main as run_main
-    from tests.test_pipeline import pipeline_args, stand_in_model, truth_stack, write_exports
+    from tests.support.synthetic_run import pipeline_args, stand_in_model, truth_stack, write_exports
 
     write_exports(tmp_path / "exports", truth_stack(1))
     model = stand_in_model(str(tmp_path / "m.keras"))

@@ -20,6 +20,18 @@ from collections.abc import Iterator
 import pytest
 
 
+def upload_tree(client, local_root, bucket: str, prefix: str) -> list[str]:
+    """Upload every file under `local_root` to gs://bucket/prefix/…; returns the object names."""
+    names = []
+    for folder, _, files in os.walk(local_root):
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            blob_name = f"{prefix}/{os.path.relpath(path, local_root)}".replace(os.sep, "/")
+            client.bucket(bucket).blob(blob_name).upload_from_filename(path)
+            names.append(blob_name)
+    return sorted(names)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
