@@ -186,6 +186,18 @@ def test_streaming_mode_is_off_by_default_and_starts_the_streaming_template_when
         plan_lib.plan_run({**CONFIG, "streaming": "yes"}, {}, MARCH_2025)
 
 
+@pytest.mark.parametrize("value", ["true", "false", True])
+@pytest.mark.parametrize("mode", [False, True])
+def test_streaming_in_pipeline_parameters_is_refused(value, mode):
+    """Only the DAG's streaming switch picks the job's kind: a `streaming` pipeline parameter would turn the batch
+    `classify` launch into a streaming job nothing drains, or the streaming launch into a batch job."""
+    config = {**CONFIG, "streaming": mode, "pipeline_parameters": {"streaming": value}}
+    with pytest.raises(plan_lib.PlanError, match="pipeline_parameters may not set streaming: use the DAG's "
+                                                 "streaming switch"):
+        plan_lib.plan_run(config, {}, MARCH_2025)
+    assert "streaming" not in plan_lib.TEMPLATE_PARAMETERS + plan_lib.BEAM_PARAMETERS
+
+
 def _status(grid, state, years_in, missing=()):
     """A status file as transforms/streaming.py writes it (grid_years left out: not read by the DAG)."""
     return {"grid": str(grid), "state": state, "years_in": {str(y): "f" for y in years_in},

@@ -59,8 +59,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # The Flex Template's parameters: the pipeline options (templates/metadata.json, pipeline/options.py), plus
-# Beam's sdk_container_image (the workers run the same image as the launcher) and Beam's streaming (true: the
-# streaming job, templates/main.py turns it into Beam's --streaming switch).
+# Beam's sdk_container_image (the workers run the same image as the launcher). Beam's `streaming` is not one a
+# configuration may set: the plan sets it from the DAG's streaming switch (the batch and streaming launches).
 TEMPLATE_PARAMETERS = (
     "exports", "output", "grids", "years", "model", "model_routing", "band_preset", "threshold", "filter_mode",
     "min_component_size", "spatial_window", "backfill_limit", "frequency_cut", "c9_backfill_from_index",
@@ -68,7 +68,7 @@ TEMPLATE_PARAMETERS = (
     "inference_memory_gb", "export_nodata", "probability_band", "origin_band", "overwrite", "require_gpu", "reuse_raw",
     "series_timeout", "watch_interval", "exports_subscription", "finish_incomplete",
 )
-BEAM_PARAMETERS = ("sdk_container_image", "streaming")
+BEAM_PARAMETERS = ("sdk_container_image",)
 
 _PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
 _JOB_NAME = re.compile(r"[^a-z0-9-]+")
@@ -114,6 +114,10 @@ def merged_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     for key in ("template", "model"):
         if not str(merged[key]).startswith("gs://"):
             raise PlanError(f"configuration: {key} must be a gs:// path, not {merged[key]!r}")
+    if "streaming" in merged["pipeline_parameters"]:
+        # it would turn the batch `classify` launch into a streaming job nothing drains (or the reverse)
+        raise PlanError("configuration: pipeline_parameters may not set streaming: use the DAG's streaming switch "
+                        "(the configuration's \"streaming\" key or the run's streaming param)")
     bad = sorted(set(merged["pipeline_parameters"]) - set(TEMPLATE_PARAMETERS) - set(BEAM_PARAMETERS))
     if bad:
         raise PlanError(f"configuration: pipeline_parameters has names the template does not declare: {', '.join(bad)}")
