@@ -265,21 +265,36 @@ def test_flex_parameters_are_valid_pipeline_options_and_match_the_metadata_regex
     assert run_config.require_gpu is True
 
 
+def _launcher_argv(body):
+    """What the Flex Template launcher runs the entry point with: `--name=value` per launch parameter, through
+    templates/main.py's `launcher_args` and the pipeline's strict flag check (as `pipeline.run.main` does)."""
+    from pipeline.flags import check_run_argv
+
+    spec = importlib.util.spec_from_file_location("flex_main_for_dag_test", COMPOSER.parent / "main.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    parameters = body["launchParameter"]["parameters"]
+    return check_run_argv(entry.launcher_args([f"--{name}={value}" for name, value in parameters.items()]))
+
+
 @needs_project
 def test_stream_parameters_are_the_streaming_jobs_pipeline_options():
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-    from pipeline.options import MiningMapperOptions, option_names
+    from pipeline.options import MiningMapperOptions
 
     regexes = {p["name"]: p.get("regexes", []) for p in json.loads(METADATA.read_text())["parameters"]}
     config = {**CONFIG, "streaming": True, "series_timeout_hours": 36, "finish_incomplete": True}
-    parameters = plan_lib.plan_run(config, {}, MARCH_2025)["stream_body"]["launchParameter"]["parameters"]
+    plan = plan_lib.plan_run(config, {}, MARCH_2025)
+    parameters = plan["stream_body"]["launchParameter"]["parameters"]
     for name in ("series_timeout", "finish_incomplete"):
         assert all(re.match(pattern, parameters[name]) for pattern in regexes[name]), name
-    argv = [f"--{name}={value}" for name, value in parameters.items() if name in option_names()]
-    options = PipelineOptions([*argv, "--streaming"]).view_as(MiningMapperOptions)
+    argv = _launcher_argv(plan["stream_body"])
+    options = PipelineOptions(argv).view_as(MiningMapperOptions)
     assert options.series_timeout == 36 * 3600 and options.finish_incomplete == "true"  # SwitchAction's form
-    assert PipelineOptions(["--streaming"]).view_as(StandardOptions).streaming  # what templates/main.py passes
+    assert PipelineOptions(argv).view_as(StandardOptions).streaming  # Beam's switch, from the launcher's streaming=true
+    # the batch launch of the same plan parses too, and is not a streaming job
+    assert not PipelineOptions(_launcher_argv(plan["flex_body"])).view_as(StandardOptions).streaming
 
 
 # --- the DAG under real Airflow ---------------------------------------------------------------------------
