@@ -4,6 +4,8 @@ Every flag may be written with hyphens or underscores (`--min-component-size` = 
 `normalise_argv` rewrites each flag to the spelling its parser declares before parsing. `run` takes its
 options through Beam's parser, which would only warn about (and then ignore) a flag it does not know;
 `check_run_argv` refuses such a flag, and a stray value, before anything runs, naming the closest valid flag.
+Beam's own switches (`--streaming`, …), which take no value there, also take `true|false` in `run`
+(`switch_values`), as the Flex Template launcher passes them and as every switch of ours does.
 """
 from __future__ import annotations
 
@@ -199,15 +201,51 @@ def beam_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def switch_values(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Beam's switches written with a value, `--streaming=true|false` or `--streaming true|false` (any case),
+    rewritten to the bare switch (true) or to nothing (false); every other token unchanged.
+
+    Why: Beam declares its switches `store_true`/`store_false` (no value) and refuses `--streaming=true`
+    ("ignored explicit argument"), while the Flex Template launcher passes every parameter as `--name=value`
+    and our own switches take true|false. As with any flag, the last occurrence wins: a `false` also drops the
+    bare switch given before it. `argv` must already be in the parser's spellings (`normalise_argv`).
+    """
+    switches = {option for action in parser._actions
+                if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+                for option in action.option_strings if option.startswith("--")}
+    result: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        if token == "--":
+            result.extend(argv[index:])
+            break
+        name, separator, value = token.partition("=")
+        if name in switches and not separator and index + 1 < len(argv) and argv[index + 1].lower() in TRUE_FALSE:
+            value, separator = argv[index + 1], " "
+            index += 1
+        index += 1
+        if name not in switches or not separator:
+            result.append(token)
+        elif value.lower() == "true":
+            result.append(name)
+        elif value.lower() == "false":
+            result = [kept for kept in result if kept != name]
+        else:
+            raise FlagError(f"argument {name}: a switch: give it alone or with true|false, not {value!r}")
+    return result
+
+
 def check_run_argv(argv: Sequence[str]) -> list[str]:
     """The pipeline's command line, normalised to Beam's spellings; raises FlagError for anything unknown.
 
     Why: Beam only warns about a flag it cannot parse and runs with the default, so a misspelt
-    `--thresold 0.9` would silently classify at 0.5. Checked before anything is read or run.
+    `--thresold 0.9` would silently classify at 0.5. Checked before anything is read or run. Beam's switches
+    given a value (`--streaming=true`, the Flex Template launcher's form) become bare switches (`switch_values`).
     """
     parser = beam_parser()
     known = long_options(parser)
-    normalised = normalise_argv(argv, known)
+    normalised = switch_values(normalise_argv(argv, known), parser)
     _, unknown = parser.parse_known_args(normalised)
     if unknown:
         raise FlagError(unknown_message(unknown, known))

@@ -25,9 +25,9 @@ NO_WAIT = "--no_wait_until_finish"
 def launcher_args(argv: Sequence[str]) -> list[str]:
     """The launcher's arguments with `--no_wait_until_finish` (once): submit the job, then return.
 
-    The template's `streaming=true|false` becomes Beam's `--streaming` switch (which takes no value)."""
-    argv = [arg for arg in argv if arg != "--streaming=false"]
-    argv = ["--streaming" if arg == "--streaming=true" else arg for arg in argv]
+    The template's `streaming=true|false` is passed on as the launcher wrote it: the pipeline's flag check
+    (`pipeline.flags.check_run_argv`) turns it into Beam's `--streaming` switch, as for `mining-mapper run`."""
+    argv = list(argv)
     return argv if NO_WAIT in argv else [*argv, NO_WAIT]
 
 

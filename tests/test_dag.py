@@ -186,6 +186,18 @@ def test_streaming_mode_is_off_by_default_and_starts_the_streaming_template_when
         plan_lib.plan_run({**CONFIG, "streaming": "yes"}, {}, MARCH_2025)
 
 
+@pytest.mark.parametrize("value", ["true", "false", True])
+@pytest.mark.parametrize("mode", [False, True])
+def test_streaming_in_pipeline_parameters_is_refused(value, mode):
+    """Only the DAG's streaming switch picks the job's kind: a `streaming` pipeline parameter would turn the batch
+    `classify` launch into a streaming job nothing drains, or the streaming launch into a batch job."""
+    config = {**CONFIG, "streaming": mode, "pipeline_parameters": {"streaming": value}}
+    with pytest.raises(plan_lib.PlanError, match="pipeline_parameters may not set streaming: use the DAG's "
+                                                 "streaming switch"):
+        plan_lib.plan_run(config, {}, MARCH_2025)
+    assert "streaming" not in plan_lib.TEMPLATE_PARAMETERS + plan_lib.BEAM_PARAMETERS
+
+
 def _status(grid, state, years_in, missing=()):
     """A status file as transforms/streaming.py writes it (grid_years left out: not read by the DAG)."""
     return {"grid": str(grid), "state": state, "years_in": {str(y): "f" for y in years_in},
@@ -253,21 +265,36 @@ def test_flex_parameters_are_valid_pipeline_options_and_match_the_metadata_regex
     assert run_config.require_gpu is True
 
 
+def _launcher_argv(body):
+    """What the Flex Template launcher runs the entry point with: `--name=value` per launch parameter, through
+    templates/main.py's `launcher_args` and the pipeline's strict flag check (as `pipeline.run.main` does)."""
+    from pipeline.flags import check_run_argv
+
+    spec = importlib.util.spec_from_file_location("flex_main_for_dag_test", COMPOSER.parent / "main.py")
+    entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(entry)
+    parameters = body["launchParameter"]["parameters"]
+    return check_run_argv(entry.launcher_args([f"--{name}={value}" for name, value in parameters.items()]))
+
+
 @needs_project
 def test_stream_parameters_are_the_streaming_jobs_pipeline_options():
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-    from pipeline.options import MiningMapperOptions, option_names
+    from pipeline.options import MiningMapperOptions
 
     regexes = {p["name"]: p.get("regexes", []) for p in json.loads(METADATA.read_text())["parameters"]}
     config = {**CONFIG, "streaming": True, "series_timeout_hours": 36, "finish_incomplete": True}
-    parameters = plan_lib.plan_run(config, {}, MARCH_2025)["stream_body"]["launchParameter"]["parameters"]
+    plan = plan_lib.plan_run(config, {}, MARCH_2025)
+    parameters = plan["stream_body"]["launchParameter"]["parameters"]
     for name in ("series_timeout", "finish_incomplete"):
         assert all(re.match(pattern, parameters[name]) for pattern in regexes[name]), name
-    argv = [f"--{name}={value}" for name, value in parameters.items() if name in option_names()]
-    options = PipelineOptions([*argv, "--streaming"]).view_as(MiningMapperOptions)
+    argv = _launcher_argv(plan["stream_body"])
+    options = PipelineOptions(argv).view_as(MiningMapperOptions)
     assert options.series_timeout == 36 * 3600 and options.finish_incomplete == "true"  # SwitchAction's form
-    assert PipelineOptions(["--streaming"]).view_as(StandardOptions).streaming  # what templates/main.py passes
+    assert PipelineOptions(argv).view_as(StandardOptions).streaming  # Beam's switch, from the launcher's streaming=true
+    # the batch launch of the same plan parses too, and is not a streaming job
+    assert not PipelineOptions(_launcher_argv(plan["flex_body"])).view_as(StandardOptions).streaming
 
 
 # --- the DAG under real Airflow ---------------------------------------------------------------------------

@@ -20,7 +20,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pipeline.errors import UserError
+from pipeline.flags import check_run_argv
 from pipeline.options import MiningMapperOptions, option_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -285,27 +290,82 @@ def _entry_point_module():
     return module
 
 
-def test_entry_point_submits_without_waiting(monkeypatch):
+@pytest.mark.parametrize("launches, expected", [
+    # submit without waiting: --no_wait_until_finish added once
+    ([["--exports=gs://b/e", "--runner=DataflowRunner"], ["--no_wait_until_finish", "--output=gs://b/o"]],
+     [["--exports=gs://b/e", "--runner=DataflowRunner", "--no_wait_until_finish"],
+      ["--no_wait_until_finish", "--output=gs://b/o"]]),
+    # the launcher's `--streaming=true|false` reaches Beam as its switch, through the pipeline's flag check
+    ([["--streaming=true", "--series_timeout=60"], ["--streaming=false", "--output=gs://b/o"]],
+     [["--streaming", "--series_timeout=60", "--no_wait_until_finish"], ["--output=gs://b/o", "--no_wait_until_finish"]]),
+], ids=["no-wait", "streaming"])
+def test_entry_point_hands_the_pipeline_its_flags(monkeypatch, launches, expected):
+    """What `pipeline.run.main` gets from the entry point, as its strict flag check leaves it."""
     import pipeline.run
 
     seen = []
-    monkeypatch.setattr(pipeline.run, "main", lambda argv: seen.append(list(argv)) or 0)
+    monkeypatch.setattr(pipeline.run, "main", lambda argv: seen.append(check_run_argv(argv)) or 0)
     main = _entry_point_module()
-    assert main.launch(["--exports=gs://b/e", "--runner=DataflowRunner"]) == 0
-    assert main.launch(["--no_wait_until_finish", "--output=gs://b/o"]) == 0
-    assert seen == [["--exports=gs://b/e", "--runner=DataflowRunner", "--no_wait_until_finish"],
-                    ["--no_wait_until_finish", "--output=gs://b/o"]]
+    for argv in launches:
+        assert main.launch(argv) == 0
+    assert seen == expected
 
 
-def test_entry_point_turns_the_streaming_parameter_into_beams_switch(monkeypatch):
+# --- Beam's switches with a value (the launcher's form, and `mining-mapper run`'s) ---------------------------
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--streaming=true"], ["--streaming"]),
+    (["--streaming=TRUE", "--series_timeout=60"], ["--streaming", "--series_timeout=60"]),
+    (["--streaming=false", "--output=gs://b/o"], ["--output=gs://b/o"]),
+    (["--streaming", "False"], []),
+    (["--streaming", "true", "--grids=1"], ["--streaming", "--grids=1"]),
+    (["--streaming", "--streaming=false"], []),  # the last one wins
+    (["--streaming=false", "--streaming"], ["--streaming"]),
+    (["--no-use-public-ips=true"], ["--no_use_public_ips"]),  # a store_false switch of Dataflow's, either spelling
+    (["--no_wait_until_finish=false"], []),
+    (["--probability_band=false"], ["--probability_band=false"]),  # our own switches keep their value
+])
+def test_beam_switches_take_true_or_false(argv, expected):
+    assert check_run_argv(argv) == expected
+
+
+def test_a_beam_switch_with_another_value_is_refused():
+    with pytest.raises(UserError, match=r"^argument --streaming: a switch: give it alone or with true\|false, not 'yes'$"):
+        check_run_argv(["--streaming=yes"])
+
+
+_FORMS = {  # how a user or the launcher may write the switch → whether it turns streaming on
+    ("--streaming",): True, ("--streaming=true",): True, ("--streaming=True",): True, ("--streaming", "TRUE"): True,
+    ("--streaming=false",): False, ("--streaming=FALSE",): False, ("--streaming", "false"): False,
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(sorted(_FORMS)), max_size=6), st.booleans())
+def test_the_last_streaming_switch_decides(forms, with_other_flag):
+    """Against the plain rule: off unless given; each occurrence sets it; the last one wins; other flags untouched."""
+    argv = [token for form in forms for token in ([*form, "--watch_interval=5"] if with_other_flag else form)]
+    checked = check_run_argv(argv)
+    assert PipelineOptions(checked).view_as(StandardOptions).streaming is (_FORMS[forms[-1]] if forms else False)
+    assert checked.count("--watch_interval=5") == (len(forms) if with_other_flag else 0)
+
+
+@pytest.mark.parametrize("value, streaming", [("true", True), ("false", False)])
+def test_mining_mapper_run_takes_streaming_true_or_false(monkeypatch, value, streaming):
+    """`mining-mapper run --streaming=true|false` is not refused by Beam's parser: it reaches the options."""
     import pipeline.run
+    from pipeline.cli import main
 
     seen = []
-    monkeypatch.setattr(pipeline.run, "main", lambda argv: seen.append(list(argv)) or 0)
-    main = _entry_point_module()
-    assert main.launch(["--streaming=true", "--series_timeout=60"]) == 0
-    assert main.launch(["--streaming=false", "--output=gs://b/o"]) == 0
-    assert seen == [["--streaming", "--series_timeout=60", "--no_wait_until_finish"], ["--output=gs://b/o", "--no_wait_until_finish"]]
+
+    def stop(options):
+        seen.append(options.view_as(StandardOptions).streaming)
+        raise UserError("stopped before the network")
+
+    monkeypatch.setattr(pipeline.run, "probe_cloud_paths", stop)
+    argv = ["run", "--exports=gs://b/e", "--output=gs://b/o", "--model=gs://b/m", "--grids=1", "--years=2000-2001"]
+    assert main([*argv, f"--streaming={value}"]) == 2
+    assert seen == [streaming]
 
 
 def test_entry_point_runs_the_whole_pipeline_locally(tmp_path):

@@ -7,8 +7,9 @@
 - the request body of the Flex Template launch (`projects.locations.flexTemplates.launch`);
 - the (grid, year) exports that must exist before the Dataflow job starts (`missing_exports`);
 - in streaming mode (config or param `streaming`), the request that starts the streaming job before the
-  exports are submitted (`stream_body`), and when that job is done (`stream_waiting`: every grid's status file
-  `{output}/streaming/{grid}.json` says it was filtered), so that the DAG drains it.
+  exports are submitted (the plan's `stream_body`: `flex_template_body(..., streaming=True)`), and when that
+  job is done (`stream_waiting`: every grid's status file `{output}/streaming/{grid}.json` says it was
+  filtered), so that the DAG drains it.
 
 Configuration comes from one Airflow Variable holding JSON (default name `mining_mapper`; nothing secret in
 it: credentials are the Composer environment's service account). Required keys: project, region, bucket,
@@ -59,8 +60,8 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # The Flex Template's parameters: the pipeline options (templates/metadata.json, pipeline/options.py), plus
-# Beam's sdk_container_image (the workers run the same image as the launcher) and Beam's streaming (true: the
-# streaming job, templates/main.py turns it into Beam's --streaming switch).
+# Beam's sdk_container_image (the workers run the same image as the launcher). Beam's `streaming` is not one a
+# configuration may set: the plan sets it from the DAG's streaming switch (the batch and streaming launches).
 TEMPLATE_PARAMETERS = (
     "exports", "output", "grids", "years", "model", "model_routing", "band_preset", "threshold", "filter_mode",
     "min_component_size", "spatial_window", "backfill_limit", "frequency_cut", "c9_backfill_from_index",
@@ -68,7 +69,7 @@ TEMPLATE_PARAMETERS = (
     "inference_memory_gb", "export_nodata", "probability_band", "origin_band", "overwrite", "require_gpu", "reuse_raw",
     "series_timeout", "watch_interval", "exports_subscription", "finish_incomplete",
 )
-BEAM_PARAMETERS = ("sdk_container_image", "streaming")
+BEAM_PARAMETERS = ("sdk_container_image",)
 
 _PART = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+))?\s*$")
 _JOB_NAME = re.compile(r"[^a-z0-9-]+")
@@ -114,6 +115,10 @@ def merged_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
     for key in ("template", "model"):
         if not str(merged[key]).startswith("gs://"):
             raise PlanError(f"configuration: {key} must be a gs:// path, not {merged[key]!r}")
+    if "streaming" in merged["pipeline_parameters"]:
+        # it would turn the batch `classify` launch into a streaming job nothing drains (or the reverse)
+        raise PlanError("configuration: pipeline_parameters may not set streaming: use the DAG's streaming switch "
+                        "(the configuration's \"streaming\" key or the run's streaming param)")
     bad = sorted(set(merged["pipeline_parameters"]) - set(TEMPLATE_PARAMETERS) - set(BEAM_PARAMETERS))
     if bad:
         raise PlanError(f"configuration: pipeline_parameters has names the template does not declare: {', '.join(bad)}")
@@ -136,8 +141,14 @@ def run_years(params: Mapping[str, Any], config: Mapping[str, Any], run_date: da
 
 
 def flex_template_body(config: Mapping[str, Any], exports: str, output: str, grids: str, years: str,
-                       last_year: int) -> dict[str, Any]:
-    """The `launchParameter` request of the Flex Template job (every parameter value a string)."""
+                       last_year: int, streaming: bool = False) -> dict[str, Any]:
+    """The `launchParameter` request of the Flex Template job (every parameter value a string).
+
+    `streaming`: the streaming job's request instead of the batch job's: the same parameters and environment
+    plus Beam's `streaming=true`, the series timeout and `finish_incomplete`, under its own job name
+    (`mining-mapper-stream-{last_year}`). The configuration's own pipeline_parameters (e.g. a series_timeout in
+    seconds) win in both.
+    """
     gpu = bool(config["accelerator"])
     parameters = {
         "exports": exports,
@@ -161,6 +172,12 @@ def flex_template_body(config: Mapping[str, Any], exports: str, output: str, gri
     # The yearly update: re-use the previous collection's raw inference results (its output's raw/ folder),
     # so that only the new year is inferred; the run keeps copies under its own output for the next year.
     parameters["reuse_raw"] = f"{output.rsplit('/', 1)[0]}/{last_year - 1}/raw"
+    if streaming:
+        parameters.update({
+            "streaming": "true",
+            "series_timeout": str(int(float(config["series_timeout_hours"]) * 3600)),
+            "finish_incomplete": str(bool(config["finish_incomplete"])).lower(),
+        })
     parameters.update({name: str(value) for name, value in config["pipeline_parameters"].items()})
     experiments = list(config["experiments"])
     if gpu:
@@ -179,28 +196,12 @@ def flex_template_body(config: Mapping[str, Any], exports: str, output: str, gri
         environment["subnetwork"] = config["subnetwork"]
     return {
         "launchParameter": {
-            "jobName": _JOB_NAME.sub("-", f"mining-mapper-{last_year}".lower()),
+            "jobName": _JOB_NAME.sub("-", f"mining-mapper-{'stream-' if streaming else ''}{last_year}".lower()),
             "containerSpecGcsPath": config["template"],
             "parameters": parameters,
             "environment": environment,
         }
     }
-
-
-def stream_body(flex_body: Mapping[str, Any], config: Mapping[str, Any], last_year: int) -> dict[str, Any]:
-    """The batch launch request turned into the streaming job's: Beam's `streaming=true`, the series timeout and
-    `finish_incomplete`, and its own job name (`mining-mapper-stream-{last_year}`)."""
-    launch = dict(flex_body["launchParameter"])
-    parameters = dict(launch["parameters"])
-    parameters.update({
-        "streaming": "true",
-        "series_timeout": str(int(float(config["series_timeout_hours"]) * 3600)),
-        "finish_incomplete": str(bool(config["finish_incomplete"])).lower(),
-    })
-    # the configuration's own pipeline_parameters (e.g. a series_timeout in seconds) win, as in the batch job
-    parameters.update({name: str(value) for name, value in config["pipeline_parameters"].items()})
-    launch.update(parameters=parameters, jobName=_JOB_NAME.sub("-", f"mining-mapper-stream-{last_year}".lower()))
-    return {"launchParameter": launch}
 
 
 def stream_waiting(records: Mapping[str, Mapping[str, Any]], grids: str, years: str,
@@ -269,7 +270,7 @@ def plan_run(config: Mapping[str, Any] | None, params: Mapping[str, Any], run_da
                 poststeps_args += [flag, str(config[key])]
         poststeps_args += ["--overwrite", *wait, *access]
 
-    flex_body = flex_template_body(config, exports, output, grids, year_text, last_year)
+    flex_args = (config, exports, output, grids, year_text, last_year)
     return {
         "years": year_text,
         "grids": grids,
@@ -286,9 +287,9 @@ def plan_run(config: Mapping[str, Any] | None, params: Mapping[str, Any], run_da
         "export_args": export_args,
         "ingest_args": ingest_args,
         "poststeps_args": poststeps_args,
-        "flex_body": flex_body,
+        "flex_body": flex_template_body(*flex_args),
         "streaming": streaming,
-        "stream_body": stream_body(flex_body, config, last_year) if streaming else None,
+        "stream_body": flex_template_body(*flex_args, streaming=True) if streaming else None,
         "finish_incomplete": bool(config["finish_incomplete"]),
         "status_prefix": f"{output.split('/', 3)[3]}/streaming/",  # object names of the status files
     }
