@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from bench.timing import best_seconds  # noqa: E402
+from pipeline.contract import crop_buffer  # noqa: E402
 
 
 def record_wise(predict, patches, batch_size: int) -> dict[int, np.ndarray]:
@@ -34,8 +35,7 @@ def record_wise(predict, patches, batch_size: int) -> dict[int, np.ndarray]:
         group = patches[start : start + batch_size]
         probabilities = np.asarray(predict(np.stack([p.bands for p in group])))
         for p, prob in zip(group, probabilities):
-            h = p.kernel // 2
-            out[p.index] = prob[h:-h, h:-h, 0]
+            out[p.index] = crop_buffer(prob[..., 0], p.kernel)
     return out
 
 
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
                     name, tiling.infer_mosaic(fn, mosaic, plan, args.batch_size))
                 rates.append(core_px / best_seconds(run, args.repeats, warmup=True) / 1e6)
         expected = np.block([[reference[r * args.grid + c] for c in range(args.grid)] for r in range(args.grid)])
-        observed = mosaic.observed[128:-128, 128:-128]
+        observed = crop_buffer(mosaic.observed, 2 * mosaic.buffer)
         exact = np.array_equal(stitched["XLA f32"][observed], expected[observed])
         diff = class_disagreement(stitched["XLA bf16"], stitched["XLA f32"], observed=observed)
         print(f"{mode:<17}{window:>8}{inferred / core_px:>11.2f}" + "".join(f"{r:>16.3f}" for r in rates)

@@ -32,9 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_gpu import COLLECTION_PATCHES  # noqa: E402
-from bench.bench_update import tifs  # noqa: E402
+from bench.bench_update import C9_YEARS, tifs  # noqa: E402
 
-C9_YEARS = 39
 C9_GRIDS = 475
 
 

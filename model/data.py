@@ -689,11 +689,6 @@ def write_patches(
     return write_records(path, records(), compress)
 
 
-def scale_bands(reflectance: dict[str, np.ndarray], bands: Sequence[str]) -> np.ndarray:
-    """Stack bands in export scaling from reflectances (`pipeline.contract.export_scaled`, as Earth Engine stores them)."""
-    return export_scaled(reflectance, bands)
-
-
 def synthetic_patches(
     count: int,
     patch_size: int,
@@ -726,7 +721,7 @@ def synthetic_patches(
             base = np.where(mine, pit[band], background[band])
             noise = rng.normal(0.0, 0.012, (p, p))
             reflectance[band] = np.clip(base + noise, 0.001, 1.0)
-        images[n] = scale_bands(reflectance, bands)
+        images[n] = export_scaled(reflectance, bands)  # as Earth Engine stores them
         labels[n] = mine
         if masked_fraction > 0:
             masked = rng.random((p, p)) < masked_fraction

@@ -110,7 +110,7 @@ def export_serving_model(network, transform_dir: str, bands: Sequence[str], expo
     """
     import tensorflow as tf
 
-    from model.preprocessing import load_transform
+    from model.preprocessing import band_statistics, load_transform
 
     gfile = _gfile()
     if gfile.exists(export_dir) and gfile.listdir(export_dir):
@@ -121,17 +121,10 @@ def export_serving_model(network, transform_dir: str, bands: Sequence[str], expo
     transform_layer = tft_output.transform_features_layer()
     module = make_serving_module(network, transform_layer, bands)
     tf.saved_model.save(module, export_dir, signatures={SIGNATURE: module.signature})
-    save_keras_model(keras_serving_model(network, transform_statistics(tft_output, bands), bands), posixpath.join(export_dir, KERAS_FILE))
+    save_keras_model(keras_serving_model(network, band_statistics(tft_output, bands), bands), posixpath.join(export_dir, KERAS_FILE))
     write_model_card(export_dir, card)
     log.info("exported serving model to %s", export_dir)
     return export_dir
-
-
-def transform_statistics(tft_output, bands: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Mean and std per band as the transform graph applies them (z-score, or 0 and 255 for c9-code)."""
-    from model.preprocessing import band_statistics
-
-    return band_statistics(tft_output, bands)
 
 
 def keras_serving_model(network, statistics: dict[str, dict[str, float]], bands: Sequence[str]):

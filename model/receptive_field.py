@@ -224,18 +224,18 @@ def halo(model) -> int:
     return -(-max(receptive_margin(model)) // align) * align
 
 
-def _layer_shapes(model, height: int, width: int):
+def _layer_shapes(model):
     """Yield (layer, input scales, output scales) for every layer, nested models flattened."""
-    yield from _layer_shapes_nested(model, [1] * len(model.inputs), height, width)
+    yield from _layer_shapes_nested(model, [1] * len(model.inputs))
 
 
-def _layer_shapes_nested(model, input_scales, height, width):
+def _layer_shapes_nested(model, input_scales):
     scale, _ = _forward(model, input_scales)
     for layer, inputs, outputs in _model_nodes(model):
         if not inputs:
             continue
         if _is_model(layer):
-            yield from _layer_shapes_nested(layer, [scale[i] for i in inputs], height, width)
+            yield from _layer_shapes_nested(layer, [scale[i] for i in inputs])
             continue
         yield layer, [scale[i] for i in inputs], [scale[o] for o in outputs]
 
@@ -255,7 +255,7 @@ def count_flops(model, height: int, width: int, *, transposed_as_dilated: bool =
     over the zero-dilated input): 437.8 GFLOP, the figure XLA's cost analysis and the issue quote.
     """
     total = 0
-    for layer, in_scales, out_scales in _layer_shapes(model, height, width):
+    for layer, in_scales, out_scales in _layer_shapes(model):
         kind = type(layer).__name__
         if kind not in CONV_LAYERS and kind != "Conv2DTranspose":
             continue
@@ -282,7 +282,7 @@ def activation_bytes(model, height: int, width: int, bytes_per_element: int = 4)
     caller can size tiles and batches for the accelerator (a C9 512 x 512 record: see bench/).
     """
     total = 0
-    for layer, _, out_scales in _layer_shapes(model, height, width):
+    for layer, _, out_scales in _layer_shapes(model):
         s = out_scales[0]
         total += (height // s) * (width // s) * _channels(layer, "out") * bytes_per_element
     return total
