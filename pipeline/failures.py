@@ -55,21 +55,21 @@ def _describe_one(error: BaseException) -> str | None:
     except ImportError:  # pragma: no cover - requests comes with every Google client
         requests = None
     if requests is not None and isinstance(error, requests.exceptions.RequestException):
-        url = getattr(getattr(error, "request", None), "url", None) or _first_line(error)
-        return f"{url}: cannot connect ({_first_line(error)}): check the network, proxy and firewall"
+        url = getattr(getattr(error, "request", None), "url", None) or first_line(error)
+        return f"{url}: cannot connect ({first_line(error)}): check the network, proxy and firewall"
     try:
         import google.auth.exceptions as auth_errors
     except ImportError:  # pragma: no cover
         auth_errors = None
     if auth_errors is not None and isinstance(error, auth_errors.TransportError):
-        return f"Google Cloud: cannot connect ({_first_line(error)}): check the network, proxy and firewall"
+        return f"Google Cloud: cannot connect ({first_line(error)}): check the network, proxy and firewall"
     try:
         from google.api_core import exceptions as api
     except ImportError:  # pragma: no cover
         api = None
     if api is not None and isinstance(error, (api.Unauthorized, api.Forbidden, api.NotFound)):
         # Google's text names the request's URL (bucket and object) and the missing permission.
-        return f"Google Cloud refused a request ({_first_line(error)}): check the bucket, the path and the account's roles"
+        return f"Google Cloud refused a request ({first_line(error)}): check the bucket, the path and the account's roles"
     if isinstance(error, OSError) and error.errno in _ADVICE:
         path = error.filename if error.filename is not None else error.filename2
         if path is None:
@@ -79,11 +79,16 @@ def _describe_one(error: BaseException) -> str | None:
             advice = _ADVICE[errno.EEXIST]
         return f"{os.fsdecode(path)}: {advice}"
     if isinstance(error, OSError) and isinstance(error, (ConnectionError, TimeoutError)):
-        return f"{_first_line(error)}: cannot connect: check the network, proxy and firewall"
+        return f"{first_line(error)}: cannot connect: check the network, proxy and firewall"
     return None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException, limit: int = 240) -> str:
+    """The first line of an error's text (its type's name when it has none), cut to at most `limit` characters (ending in "…").
+
+    Why: a one-line message quotes the cause, and a library's error text can run to pages (a server's
+    HTML, a traceback); every one-line report of the project quotes it through here.
+    """
     text = str(error).strip()
     line = text.splitlines()[0] if text else type(error).__name__
-    return line if len(line) <= 240 else line[:237] + "…"
+    return line if len(line) <= limit else line[:limit - 3] + "…"

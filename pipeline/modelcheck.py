@@ -12,6 +12,7 @@ import posixpath
 from collections.abc import Iterable
 
 from pipeline.errors import UserError
+from pipeline.failures import first_line
 
 KERAS_SUFFIXES = (".keras", ".h5")
 FORMS = ("a .keras/.h5 file, or a folder exported by `mining-mapper train` "
@@ -43,8 +44,7 @@ def check_model_location(path: str, label: str = "--model") -> None:
             if not present:
                 missing = "not found" if file == path else f"no {posixpath.basename(file)}"
                 raise UserError(f"{label} {path}: {missing}; expected {FORMS}") from None
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"{label} {path}: cannot read {file} ({reason[:200]})") from None
+            raise UserError(f"{label} {path}: cannot read {file} ({first_line(error, 200)})") from None
 
 
 def check_models(routes: Iterable) -> None:
@@ -70,8 +70,7 @@ def model_contract(path: str) -> dict | None:
         try:
             model = keras.models.load_model(path, compile=False)
         except Exception as error:  # noqa: BLE001 - any failure to load is the user's model file
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"--model {path}: cannot load the Keras model ({reason[:200]})") from None
+            raise UserError(f"--model {path}: cannot load the Keras model ({first_line(error, 200)})") from None
         inputs = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
         output = tuple(model.output_shape) if not isinstance(model.output_shape, list) else None
         return {"bands": None, "band_count": inputs[-1] if inputs and len(inputs) == 4 else None, "inputs": inputs,

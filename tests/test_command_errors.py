@@ -164,3 +164,11 @@ def test_cloud_storage_refusal_mid_run_is_one_line_naming_the_object():
     line = failures.describe(BeamIOError("Rename operation failed", {("gs://mm-out/.a.partial", "gs://mm-out/a.tif"): refused}))
     assert line.startswith("Google Cloud refused a request (403 POST https://storage.googleapis.com/upload/storage/v1/b/mm-out/o?name=run/a.tif")
     assert line.endswith("check the bucket, the path and the account's roles")
+
+
+def test_first_line_quotes_one_line_of_the_cause_cut_with_an_ellipsis():
+    assert failures.first_line(ValueError("  bad value\nTraceback ...\n")) == "bad value"
+    assert failures.first_line(KeyError()) == "KeyError"  # no text: the type names it
+    assert failures.first_line(ValueError("x" * 240)) == "x" * 240
+    assert failures.first_line(ValueError("x" * 241)) == "x" * 237 + "…"
+    assert failures.first_line(ValueError("y" * 500), 200) == "y" * 197 + "…"
