@@ -54,10 +54,12 @@ def run(argv: Sequence[str] | None = None) -> dict:
         check_streaming(options, local)
     elif options.view_as(MiningMapperOptions).exports_subscription:
         raise UserError("--exports_subscription is for the streaming job: add --streaming (with --grids and --years)")
-    config = build_config(options)
+    # One listing of the exports, after the checks that need none; a streaming job starts before they exist.
+    discovered = None if streaming else discover_grid_years(options.view_as(MiningMapperOptions).exports)
+    config = build_config(options, discovered)
     check_models(config.routes)
-    if not streaming:  # a streaming job is started before the exports exist
-        check_something_to_do(config)
+    if discovered is not None:
+        check_something_to_do(config, discovered)
     check_run_contract(config)
     lock = claim_output(config.output, "run", config.overwrite, clean=local)
     try:
@@ -176,14 +178,14 @@ def _run_streaming_locally(options, config, view, started: str, recorded: Sequen
     return RunSummary.from_json(read_bytes(path), path).as_dict()
 
 
-def check_something_to_do(config) -> None:
+def check_something_to_do(config, discovered: dict[str, list[int]]) -> None:
     """Refuse a run none of whose asked grid-years has an export (a usage error: nothing to do).
 
-    One listing of `{exports}/*/*/*mixer.json`; a run with at least one export goes ahead, and the
-    asked grid-years without one are reported as skipped in its summary.
+    `discovered` is the run's one listing of `{exports}/*/*/*mixer.json` (`discover_grid_years`); a run
+    with at least one export goes ahead, and the asked grid-years without one are reported as skipped in
+    its summary.
     """
-    found = discover_grid_years(config.exports)
-    if not any(year in found.get(grid, ()) for grid, year in config.grid_years()):
+    if not any(year in discovered.get(grid, ()) for grid, year in config.grid_years()):
         grids = ", ".join(config.grids[:10]) + (", …" if len(config.grids) > 10 else "")
         years = f"{config.years[0]}-{config.years[-1]}"
         raise UserError(f"nothing to do: {config.exports} holds no export (*mixer.json) for grid(s) {grids} in {years}; "
