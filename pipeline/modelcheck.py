@@ -9,8 +9,6 @@ file's own shapes say what a model takes; one record of the first export says wh
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable
-
 from pipeline.errors import UserError
 from pipeline.failures import first_line
 
@@ -30,15 +28,15 @@ def model_files(path: str) -> list[str]:
 
 def check_model_location(path: str, label: str = "--model") -> None:
     """Raise a one-line UserError when a model file is missing or cannot be read (its first byte)."""
-    from apache_beam.io.filesystems import CompressionTypes, FileSystems
+    from pipeline.io.filesystem import exists, open_read
 
     for file in model_files(path):
         try:
-            with FileSystems.open(file, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            with open_read(file) as handle:
                 handle.read(1)
         except Exception as error:  # noqa: BLE001 - any failure to read is reported as the user's location
             try:
-                present = FileSystems.exists(file)
+                present = exists(file)
             except Exception:  # noqa: BLE001 - cannot even ask: report the read error
                 present = True
             if not present:
@@ -47,10 +45,9 @@ def check_model_location(path: str, label: str = "--model") -> None:
             raise UserError(f"{label} {path}: cannot read {file} ({first_line(error, 200)})") from None
 
 
-def check_models(routes: Iterable) -> None:
-    """Check every model of a run (the national one and the state models of the routing file)."""
-    for route in routes:
-        check_model_location(route.path, "--model" if route.name == "national" else f"model '{route.name}' of --model_routing")
+def model_label(route) -> str:
+    """How a model is named in messages: --model for the national one, else its routing entry."""
+    return "--model" if route.name == "national" else f"model '{route.name}' of --model_routing"
 
 
 def model_contract(path: str) -> dict | None:
@@ -124,11 +121,12 @@ def check_exports_fit(label: str, path: str, contract: dict, probe, preset: str,
                         f"multiples of {multiple} (a U-Net of depth {multiple.bit_length() - 1})")
 
 
-def check_run_contract(config) -> None:
-    """Before reading: every model fits the band preset, and one export's records fit every model that reads it.
+def check_models(config) -> None:
+    """Before reading, every model of the run (the national one and the state models of the routing file):
+    there and readable (`check_model_location`), fitting the band preset, and fitting one export's records.
 
-    One record of the first asked export is read (`probe_export`); a run without a readable export goes on
-    (the read reports it per grid-year).
+    One loop over the models; one record of the first asked export is read (`probe_export`); a run
+    without a readable export goes on (the read reports it per grid-year).
     """
     from pipeline.io.export_layout import export_dir_of
     from pipeline.io.export_reader import probe_export
@@ -139,7 +137,8 @@ def check_run_contract(config) -> None:
         if probe is not None:
             break
     for route in config.routes:
-        label = "--model" if route.name == "national" else f"model '{route.name}' of --model_routing"
+        label = model_label(route)
+        check_model_location(route.path, label)
         contract = model_contract(route.path)
         if contract is None:
             continue

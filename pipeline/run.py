@@ -23,7 +23,7 @@ from pipeline.flags import HelpFormatter, check_run_argv
 from pipeline.io.filesystem import local_or_remote, publish_atomically, read_bytes
 from pipeline.io.run_folder import claim_output, release_lock
 from pipeline.io.summary import RunSummary, command_line, now_utc
-from pipeline.modelcheck import check_models, check_run_contract
+from pipeline.modelcheck import check_models
 from pipeline.options import MiningMapperOptions, build_config, check_option_values, discover_grid_years
 from transforms.job import MiningMapperJob, summary_path
 from transforms.metrics import NAMESPACE
@@ -35,8 +35,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     """Validate the options, run the pipeline, wait, and return the summary as a dict (local runs).
 
     Unknown flags and stray values are refused first (`pipeline.flags.check_run_argv`); the GPU (local
-    runs), every model location, that there is something to do, and that the models fit the preset and
-    the exports' records (`check_run_contract`) are checked before anything is read; then the output
+    runs), every model (there, readable, fitting the preset and the exports' records: `check_models`) and
+    that there is something to do are checked before anything is read; then the output
     folder is claimed (`pipeline.io.run_folder.claim_output`: refused if it holds another run without
     --overwrite, locked while the run writes).
     """
@@ -57,10 +57,9 @@ def run(argv: Sequence[str] | None = None) -> dict:
     # One listing of the exports, after the checks that need none; a streaming job starts before they exist.
     discovered = None if streaming else discover_grid_years(options.view_as(MiningMapperOptions).exports)
     config = build_config(options, discovered)
-    check_models(config.routes)
+    check_models(config)
     if discovered is not None:
         check_something_to_do(config, discovered)
-    check_run_contract(config)
     lock = claim_output(config.output, "run", config.overwrite, clean=local)
     try:
         return _run_pipeline(options, arguments, argv, config, runner_name=standard.runner, local=local)
