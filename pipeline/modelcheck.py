@@ -9,6 +9,7 @@ file's own shapes say what a model takes; one record of the first export says wh
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Mapping, Sequence
 from pipeline.errors import UserError
 from pipeline.failures import first_line
 
@@ -121,27 +122,34 @@ def check_exports_fit(label: str, path: str, contract: dict, probe, preset: str,
                         f"multiples of {multiple} (a U-Net of depth {multiple.bit_length() - 1})")
 
 
-def check_models(config) -> None:
+def check_models(config, discovered: Mapping[str, Sequence[int]] | None = None) -> None:
     """Before reading, every model of the run (the national one and the state models of the routing file):
     there and readable (`check_model_location`), fitting the band preset, and fitting one export's records.
 
-    One loop over the models; one record of the first asked export is read (`probe_export`); a run
-    without a readable export goes on (the read reports it per grid-year).
+    One loop over the models first; only when one of them has a contract (a model card, or a local Keras
+    file) is one record read: of the first asked grid-year that `discovered` (the run's listing,
+    `pipeline.options.discover_grid_years`) holds an export for. `discovered` None (a streaming launch,
+    before its exports exist) reads none; a run without a readable export goes on (the read reports it
+    per grid-year).
     """
     from pipeline.io.export_layout import export_dir_of
     from pipeline.io.export_reader import probe_export
 
-    probe = None
-    for grid, year in config.grid_years():
-        probe = probe_export(export_dir_of(config.exports, grid, year), grid, year)
-        if probe is not None:
-            break
+    contracts = []
     for route in config.routes:
         label = model_label(route)
         check_model_location(route.path, label)
         contract = model_contract(route.path)
-        if contract is None:
-            continue
-        check_model_contract(label, route.path, contract, config.band_preset, config.bands)
-        if probe is not None:
-            check_exports_fit(label, route.path, contract, probe, config.band_preset, config.bands)
+        if contract is not None:
+            check_model_contract(label, route.path, contract, config.band_preset, config.bands)
+            contracts.append((label, route.path, contract))
+    if not contracts or not discovered:
+        return
+    first = next(((grid, year) for grid, year in config.grid_years() if year in discovered.get(grid, ())), None)
+    if first is None:
+        return
+    probe = probe_export(export_dir_of(config.exports, *first), *first)
+    if probe is None:
+        return
+    for label, path, contract in contracts:
+        check_exports_fit(label, path, contract, probe, config.band_preset, config.bands)

@@ -57,7 +57,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     # One listing of the exports, after the checks that need none; a streaming job starts before they exist.
     discovered = None if streaming else discover_grid_years(options.view_as(MiningMapperOptions).exports)
     config = build_config(options, discovered)
-    check_models(config)
+    check_models(config, discovered)
     if discovered is not None:
         check_something_to_do(config, discovered)
     lock = claim_output(config.output, "run", config.overwrite, clean=local)
