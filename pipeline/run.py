@@ -9,7 +9,6 @@ downloads a binary) and on Dataflow unchanged with `--runner DataflowRunner` and
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Sequence
 
@@ -50,10 +49,6 @@ def run(argv: Sequence[str] | None = None) -> dict:
         import_tensorflow_quietly()
         check_gpu(options.view_as(MiningMapperOptions).require_gpu == "true")
     streaming = standard.streaming
-    if streaming:
-        check_streaming(options, local)
-    elif options.view_as(MiningMapperOptions).exports_subscription:
-        raise UserError("--exports_subscription is for the streaming job: add --streaming (with --grids and --years)")
     # One listing of the exports, after the checks that need none; a streaming job starts before they exist.
     discovered = None if streaming else discover_grid_years(options.view_as(MiningMapperOptions).exports)
     config = build_config(options, discovered)
@@ -99,20 +94,6 @@ def _run_pipeline(options, arguments, argv, config, *, runner_name, local: bool)
         summary.precision_check = {"pixels": pixels, "class_changes": changed, "fraction": changed / pixels}
     publish_atomically({path: summary.to_json()})
     return summary.as_dict()
-
-
-def check_streaming(options, local: bool) -> None:
-    """Refuse a streaming run that cannot work, before anything is read: without --grids and --years (the
-    exports do not exist yet when the job starts), or with a timeout or interval that is not positive."""
-    view = options.view_as(MiningMapperOptions)
-    if not view.grids or not view.years:
-        raise UserError("--streaming needs --grids and --years: the series each grid waits for (its exports do not exist yet)")
-    if view.exports_subscription and not re.fullmatch(r"projects/[^/]+/subscriptions/[^/]+", view.exports_subscription):
-        raise UserError(f"--exports_subscription {view.exports_subscription!r}: expected projects/PROJECT/subscriptions/NAME")
-    if view.exports_subscription and not view.exports.startswith("gs://"):
-        raise UserError(f"--exports_subscription needs --exports on Cloud Storage (gs://…), got {view.exports}")
-    if view.series_timeout <= 0 or view.watch_interval <= 0:
-        raise UserError(f"--series_timeout ({view.series_timeout}) and --watch_interval ({view.watch_interval}) must be positive seconds")
 
 
 def _streaming_job(config, view, started: str, recorded: Sequence[str], *, local: bool):
