@@ -9,12 +9,10 @@ import argparse
 import importlib
 import pkgutil
 import sys
-import traceback
 from types import ModuleType
 
 from pipeline import __version__, commands
 from pipeline.console import configure_logging, import_tensorflow_quietly, verbosity_of
-from pipeline.errors import UserError
 from pipeline.flags import (
     HelpFormatter,
     SuggestingParser,
@@ -111,13 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         preflight.check_command(args._module, args)
         return int(args._run(args) or 0)
     except Exception as error:  # people's mistakes become one line; bugs keep their traceback
-        message = str(error) if isinstance(error, UserError) else failures.describe(error)
-        if message is None:
+        status = failures.report(error, args.command, args.verbose)
+        if status is None:
             raise
-        if args.verbose:
-            traceback.print_exc()
-        print(f"mining-mapper {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return status
 
 
 if __name__ == "__main__":

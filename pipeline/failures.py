@@ -2,13 +2,18 @@
 
 `describe(error)` turns an error that is the environment's fault, not the program's, into one line naming
 the path (or host) and the cause: a read-only or full disk, an output path that is a file, a folder that
-is missing or not writable, a connection that cannot be made. `pipeline.cli` prints that line and exits 2
-(`-v` also prints the traceback); any other error is a bug and keeps its traceback.
+is missing or not writable, a connection that cannot be made. `report` prints that line (or a UserError's)
+for `pipeline.cli` and `pipeline.run` (hence the Flex Template) alike, for exit status 2 (`-v` also prints
+the traceback); any other error is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import errno
 import os
+import sys
+import traceback
+
+from pipeline.errors import EXIT_USAGE, UserError
 
 # errno → what to do about it, for the paths a command reads or writes.
 _ADVICE = {
@@ -23,6 +28,22 @@ _ADVICE = {
     errno.ENOENT: "no such file or folder",
     errno.ENAMETOOLONG: "the name is too long",
 }
+
+
+def report(error: BaseException, command: str, verbose: bool = False) -> int | None:
+    """Print a person's mistake as `mining-mapper COMMAND: error: LINE` on stderr (after the traceback when
+    `verbose`) and return the exit status EXIT_USAGE; None, printing nothing, for a bug (the caller re-raises).
+
+    A mistake is a UserError, or an error `describe` can name; one function so that every entry point
+    (the `mining-mapper` command, `python -m pipeline.run`, the Flex Template) says it the same way.
+    """
+    message = str(error) if isinstance(error, UserError) else describe(error)
+    if message is None:
+        return None
+    if verbose:
+        traceback.print_exception(error)
+    print(f"mining-mapper {command}: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def _cause_chain(error: BaseException):

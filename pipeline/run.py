@@ -16,8 +16,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from model.gpu import check_gpu
-from pipeline.console import QUIET, configure_logging, import_tensorflow_quietly, run_table, verbosity_of
-from pipeline.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE, UserError
+from pipeline.console import QUIET, VERBOSE, configure_logging, import_tensorflow_quietly, run_table, verbosity_of
+from pipeline.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS_HELP, UserError
+from pipeline.failures import report
 from pipeline.flags import HelpFormatter, check_run_argv
 from pipeline.io.filesystem import local_or_remote, publish_atomically, read_bytes
 from pipeline.io.run_folder import claim_output, release_lock
@@ -256,9 +257,11 @@ def main(argv: Sequence[str] | None = None, verbosity: int | None = None) -> int
     configure_logging(verbosity)
     try:
         summary = run(argv)
-    except UserError as error:
-        print(f"mining-mapper run: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    except Exception as error:  # people's mistakes become one line (a read-only output too); bugs keep their traceback
+        status = report(error, "run", verbosity >= VERBOSE)
+        if status is None:
+            raise
+        return status
     if verbosity > QUIET:
         if "grid_years" in summary:
             print(run_table(summary))
