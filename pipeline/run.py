@@ -189,9 +189,10 @@ def probe_cloud_paths(options: PipelineOptions) -> None:
     from pipeline.preflight import probe_storage
 
     view, cloud = options.view_as(MiningMapperOptions), options.view_as(GoogleCloudOptions)
-    reuse = view.reuse_raw if view.reuse_raw not in (None, "", "off") else None
+    # --reuse_raw as given: its words for "off" (pipeline.io.raw.NO_REUSE) are no gs:// path, which
+    # probe_storage skips as it skips local paths.
     probe_storage(
-        [view.exports, view.model, view.model_routing or None, reuse],
+        [view.exports, view.model, view.model_routing or None, view.reuse_raw],
         [view.output, cloud.temp_location, cloud.staging_location],
         project=cloud.project,
     )
