@@ -9,12 +9,10 @@ import argparse
 import importlib
 import pkgutil
 import sys
-import traceback
 from types import ModuleType
 
 from pipeline import __version__, commands
 from pipeline.console import configure_logging, import_tensorflow_quietly, verbosity_of
-from pipeline.errors import UserError
 from pipeline.flags import (
     HelpFormatter,
     SuggestingParser,
@@ -48,15 +46,15 @@ def add_verbosity_flags(parser: argparse.ArgumentParser, top_level: bool = False
                        help="print errors only (default: off)")
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
-    """The parsers of a parser's subcommands (one level)."""
-    return [sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
-            for sub in action.choices.values()]
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parsers of a parser's subcommands (one level), by subcommand name."""
+    return {name: sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name, sub in action.choices.items()}
 
 
 def _finish(parser: argparse.ArgumentParser) -> None:
     """Defaults in every --help, `--no-` forms of switches and -v/-q on every (nested) subcommand parser."""
-    for sub in _subparsers(parser):
+    for sub in _subparsers(parser).values():
         sub.formatter_class = HelpFormatter
         add_negations(sub)
         add_verbosity_flags(sub)
@@ -80,16 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
             add_help=getattr(module, "ADD_HELP", True), formatter_class=HelpFormatter,
         )
         module.configure(command_parser)
-        command_parser.set_defaults(_run=module.run, _module=module)
+        command_parser.set_defaults(_module=module)
     _finish(parser)
-    return parser
-
-
-def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
-    """The parser of the command that ran (for its flags, when naming the closest one)."""
-    for sub in _subparsers(parser):
-        if sub.prog.split()[-1] == args.command:
-            return sub
     return parser
 
 
@@ -98,26 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if extra and not getattr(args, "_accepts_extra", False):
-        command = _command_parser(parser, args)
-        known = long_options(command) + [o for sub in _subparsers(command) for o in long_options(sub)]
+        command = _subparsers(parser)[args.command]  # its flags, for naming the closest one
+        known = long_options(command) + [o for sub in _subparsers(command).values() for o in long_options(sub)]
         command.error(unknown_message(extra, known))
     args._extra = extra
     configure_logging(verbosity_of(args.verbose, args.quiet))
-    if getattr(sys.modules[args._run.__module__], "USES_TENSORFLOW", False):
+    if getattr(args._module, "USES_TENSORFLOW", False):
         import_tensorflow_quietly()
     from pipeline import failures, preflight
 
     try:
         preflight.check_command(args._module, args)
-        return int(args._run(args) or 0)
+        return int(args._module.run(args) or 0)
     except Exception as error:  # people's mistakes become one line; bugs keep their traceback
-        message = str(error) if isinstance(error, UserError) else failures.describe(error)
-        if message is None:
+        status = failures.report(error, args.command, args.verbose)
+        if status is None:
             raise
-        if args.verbose:
-            traceback.print_exc()
-        print(f"mining-mapper {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return status
 
 
 if __name__ == "__main__":

@@ -44,15 +44,14 @@ def quiet_native_logs(verbosity: int = NORMAL) -> None:
             _ENV_WE_SET[name] = value
 
 
-def import_tensorflow_quietly(verbosity: int | None = None) -> None:
+def import_tensorflow_quietly() -> None:
     """Import TensorFlow and probe its devices with its native start-up chatter filtered out of stderr.
 
     Why: absl's C++ logging prints its INFO lines before it is initialised whatever TF_CPP_MIN_LOG_LEVEL
     says, so the only way to keep them off the terminal is to catch file descriptor 2 while TensorFlow
-    loads. Lines that are not known chatter are written back. Verbose runs see everything.
+    loads. Lines that are not known chatter are written back. Verbose runs (`configure_logging`) see everything.
     """
-    verbosity = _verbosity["current"] if verbosity is None else verbosity
-    if verbosity >= VERBOSE or "tensorflow" in sys.modules:
+    if _verbosity["current"] >= VERBOSE or "tensorflow" in sys.modules:
         import tensorflow  # noqa: F401 - loaded for the caller
         return
     sys.stderr.flush()
@@ -76,9 +75,6 @@ def import_tensorflow_quietly(verbosity: int | None = None) -> None:
 
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is at the time of the record (a test's capture, a redirection)."""
-
-    def __init__(self):
-        super().__init__()
 
     @property
     def stream(self):

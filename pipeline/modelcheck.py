@@ -9,9 +9,9 @@ file's own shapes say what a model takes; one record of the first export says wh
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable
-
+from collections.abc import Mapping, Sequence
 from pipeline.errors import UserError
+from pipeline.failures import first_line
 
 KERAS_SUFFIXES = (".keras", ".h5")
 FORMS = ("a .keras/.h5 file, or a folder exported by `mining-mapper train` "
@@ -29,28 +29,26 @@ def model_files(path: str) -> list[str]:
 
 def check_model_location(path: str, label: str = "--model") -> None:
     """Raise a one-line UserError when a model file is missing or cannot be read (its first byte)."""
-    from apache_beam.io.filesystems import CompressionTypes, FileSystems
+    from pipeline.io.filesystem import exists, open_read
 
     for file in model_files(path):
         try:
-            with FileSystems.open(file, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            with open_read(file) as handle:
                 handle.read(1)
         except Exception as error:  # noqa: BLE001 - any failure to read is reported as the user's location
             try:
-                present = FileSystems.exists(file)
+                present = exists(file)
             except Exception:  # noqa: BLE001 - cannot even ask: report the read error
                 present = True
             if not present:
                 missing = "not found" if file == path else f"no {posixpath.basename(file)}"
                 raise UserError(f"{label} {path}: {missing}; expected {FORMS}") from None
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"{label} {path}: cannot read {file} ({reason[:200]})") from None
+            raise UserError(f"{label} {path}: cannot read {file} ({first_line(error, 200)})") from None
 
 
-def check_models(routes: Iterable) -> None:
-    """Check every model of a run (the national one and the state models of the routing file)."""
-    for route in routes:
-        check_model_location(route.path, "--model" if route.name == "national" else f"model '{route.name}' of --model_routing")
+def model_label(route) -> str:
+    """How a model is named in messages: --model for the national one, else its routing entry."""
+    return "--model" if route.name == "national" else f"model '{route.name}' of --model_routing"
 
 
 def model_contract(path: str) -> dict | None:
@@ -70,8 +68,7 @@ def model_contract(path: str) -> dict | None:
         try:
             model = keras.models.load_model(path, compile=False)
         except Exception as error:  # noqa: BLE001 - any failure to load is the user's model file
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise UserError(f"--model {path}: cannot load the Keras model ({reason[:200]})") from None
+            raise UserError(f"--model {path}: cannot load the Keras model ({first_line(error, 200)})") from None
         inputs = tuple(model.input_shape) if not isinstance(model.input_shape, list) else None
         output = tuple(model.output_shape) if not isinstance(model.output_shape, list) else None
         return {"bands": None, "band_count": inputs[-1] if inputs and len(inputs) == 4 else None, "inputs": inputs,
@@ -125,25 +122,34 @@ def check_exports_fit(label: str, path: str, contract: dict, probe, preset: str,
                         f"multiples of {multiple} (a U-Net of depth {multiple.bit_length() - 1})")
 
 
-def check_run_contract(config) -> None:
-    """Before reading: every model fits the band preset, and one export's records fit every model that reads it.
+def check_models(config, discovered: Mapping[str, Sequence[int]] | None = None) -> None:
+    """Before reading, every model of the run (the national one and the state models of the routing file):
+    there and readable (`check_model_location`), fitting the band preset, and fitting one export's records.
 
-    One record of the first asked export is read (`probe_export`); a run without a readable export goes on
-    (the read reports it per grid-year).
+    One loop over the models first; only when one of them has a contract (a model card, or a local Keras
+    file) is one record read: of the first asked grid-year that `discovered` (the run's listing,
+    `pipeline.options.discover_grid_years`) holds an export for. `discovered` None (a streaming launch,
+    before its exports exist) reads none; a run without a readable export goes on (the read reports it
+    per grid-year).
     """
     from pipeline.io.export_layout import export_dir_of
     from pipeline.io.export_reader import probe_export
 
-    probe = None
-    for grid, year in config.grid_years():
-        probe = probe_export(export_dir_of(config.exports, grid, year), grid, year)
-        if probe is not None:
-            break
+    contracts = []
     for route in config.routes:
-        label = "--model" if route.name == "national" else f"model '{route.name}' of --model_routing"
+        label = model_label(route)
+        check_model_location(route.path, label)
         contract = model_contract(route.path)
-        if contract is None:
-            continue
-        check_model_contract(label, route.path, contract, config.band_preset, config.bands)
-        if probe is not None:
-            check_exports_fit(label, route.path, contract, probe, config.band_preset, config.bands)
+        if contract is not None:
+            check_model_contract(label, route.path, contract, config.band_preset, config.bands)
+            contracts.append((label, route.path, contract))
+    if not contracts or not discovered:
+        return
+    first = next(((grid, year) for grid, year in config.grid_years() if year in discovered.get(grid, ())), None)
+    if first is None:
+        return
+    probe = probe_export(export_dir_of(config.exports, *first), *first)
+    if probe is None:
+        return
+    for label, path, contract in contracts:
+        check_exports_fit(label, path, contract, probe, config.band_preset, config.bands)

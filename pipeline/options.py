@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.config import ModelRoute, RunConfig
 from pipeline.errors import UserError
@@ -162,9 +163,31 @@ def check_option_values(options: PipelineOptions) -> tuple[int | None, FilterPar
         nodata = tuple(float(v) for v in filter(None, (p.strip() for p in view.export_nodata.split(","))))
     except ValueError:
         problems.append(f"--export_nodata {view.export_nodata!r}: expected a comma list of numbers")
+    problems += _streaming_problems(view, options.view_as(StandardOptions).streaming)
     if problems:
         raise UserError("; ".join(problems))
     return tile, params, nodata
+
+
+def _streaming_problems(view: MiningMapperOptions, streaming: bool) -> list[str]:
+    """What makes a streaming run unable to work (or a streaming option useless), from the values alone: the
+    streaming job needs --grids and --years (its exports do not exist yet when it starts), positive seconds,
+    and a subscription named in full on exports on Cloud Storage; --exports_subscription needs --streaming."""
+    if not streaming:
+        return ["--exports_subscription is for the streaming job: add --streaming (with --grids and --years)"] \
+            if view.exports_subscription else []
+    problems = []
+    if not view.grids or not view.years:
+        problems.append("--streaming needs --grids and --years: the series each grid waits for (its exports do not exist yet)")
+    subscription = view.exports_subscription
+    if subscription and not re.fullmatch(r"projects/[^/]+/subscriptions/[^/]+", subscription):
+        problems.append(f"--exports_subscription {subscription!r}: expected projects/PROJECT/subscriptions/NAME")
+    elif subscription and not (view.exports or "").startswith("gs://"):
+        problems.append(f"--exports_subscription needs --exports on Cloud Storage (gs://…), got {view.exports}")
+    if view.series_timeout <= 0 or view.watch_interval <= 0:
+        problems.append(f"--series_timeout ({view.series_timeout}) and --watch_interval ({view.watch_interval}) "
+                        "must be positive seconds")
+    return problems
 
 
 def build_config(options: PipelineOptions, discovered: dict[str, list[int]] | None = None) -> RunConfig:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from pipeline.errors import UserError
+from pipeline.failures import first_line
 
 DEFAULT_TIMEOUT_S = 20.0
 REQUEST_TIMEOUT_S = 8.0
@@ -90,24 +91,18 @@ def _storage_problem(error: BaseException, location: str, action: str) -> str | 
         return (f"{location}: no Google Cloud credentials to {action} it: run `gcloud auth application-default login` "
                 "or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key")
     if isinstance(error, (auth_errors.RefreshError, api.Unauthorized)):
-        return f"{location}: the credentials were refused ({_short(error)}): renew them or check the key"
+        return f"{location}: the credentials were refused ({first_line(error, 200)}): renew them or check the key"
     if isinstance(error, (auth_errors.TransportError, requests.exceptions.ConnectionError, ConnectionError)):
-        return f"{location}: cannot reach Cloud Storage at {where} ({_short(error)}): check the network, proxy and firewall"
+        return f"{location}: cannot reach Cloud Storage at {where} ({first_line(error, 200)}): check the network, proxy and firewall"
     if isinstance(error, (requests.exceptions.Timeout, TimeoutError)):
         return f"{location}: Cloud Storage at {where} did not answer in time: check the network, proxy and firewall"
     if isinstance(error, api.Forbidden):
-        return f"{location}: permission denied to {action} it ({_short(error)}): check the account's roles on the bucket"
+        return f"{location}: permission denied to {action} it ({first_line(error, 200)}): check the account's roles on the bucket"
     if isinstance(error, api.NotFound):
         return f"{location}: the bucket does not exist (or the account cannot see it)"
     if isinstance(error, api.GoogleAPICallError):
-        return f"{location}: Cloud Storage refused to {action} it ({_short(error)})"
+        return f"{location}: Cloud Storage refused to {action} it ({first_line(error, 200)})"
     return None
-
-
-def _short(error: BaseException) -> str:
-    """The first line of an error's text, cut to 200 characters."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "…"
 
 
 def _probe_all(inputs: Sequence[str], outputs: Sequence[str], project: str | None, request_timeout: float,
@@ -200,10 +195,10 @@ def _check_earth_engine(config) -> None:
     except (auth_errors.TransportError, requests.exceptions.ConnectionError, requests.exceptions.Timeout,
             ConnectionError, TimeoutError) as error:
         raise UserError(
-            f"{key}: cannot reach Earth Engine ({_short(error)}): check the network, proxy and firewall"
+            f"{key}: cannot reach Earth Engine ({first_line(error, 200)}): check the network, proxy and firewall"
         ) from error
     except auth_errors.GoogleAuthError as error:
-        raise UserError(f"{key}: Earth Engine refused the credentials ({_short(error)}): check the key and its account") from error
+        raise UserError(f"{key}: Earth Engine refused the credentials ({first_line(error, 200)}): check the key and its account") from error
 
 
 def _session_with_timeout():

@@ -9,7 +9,6 @@ downloads a binary) and on Dataflow unchanged with `--runner DataflowRunner` and
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Sequence
 
@@ -17,13 +16,14 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from model.gpu import check_gpu
-from pipeline.console import QUIET, configure_logging, import_tensorflow_quietly, run_table, verbosity_of
-from pipeline.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS_HELP, EXIT_USAGE, UserError
+from pipeline.console import QUIET, VERBOSE, configure_logging, import_tensorflow_quietly, run_table, verbosity_of
+from pipeline.errors import EXIT_FAILED, EXIT_OK, EXIT_STATUS_HELP, UserError
+from pipeline.failures import report
 from pipeline.flags import HelpFormatter, check_run_argv
 from pipeline.io.filesystem import local_or_remote, publish_atomically, read_bytes
 from pipeline.io.run_folder import claim_output, release_lock
 from pipeline.io.summary import RunSummary, command_line, now_utc
-from pipeline.modelcheck import check_models, check_run_contract
+from pipeline.modelcheck import check_models
 from pipeline.options import MiningMapperOptions, build_config, check_option_values, discover_grid_years
 from transforms.job import MiningMapperJob, summary_path
 from transforms.metrics import NAMESPACE
@@ -35,8 +35,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
     """Validate the options, run the pipeline, wait, and return the summary as a dict (local runs).
 
     Unknown flags and stray values are refused first (`pipeline.flags.check_run_argv`); the GPU (local
-    runs), every model location, that there is something to do, and that the models fit the preset and
-    the exports' records (`check_run_contract`) are checked before anything is read; then the output
+    runs), every model (there, readable, fitting the preset and the exports' records: `check_models`) and
+    that there is something to do are checked before anything is read; then the output
     folder is claimed (`pipeline.io.run_folder.claim_output`: refused if it holds another run without
     --overwrite, locked while the run writes).
     """
@@ -50,15 +50,12 @@ def run(argv: Sequence[str] | None = None) -> dict:
         import_tensorflow_quietly()
         check_gpu(options.view_as(MiningMapperOptions).require_gpu == "true")
     streaming = standard.streaming
-    if streaming:
-        check_streaming(options, local)
-    elif options.view_as(MiningMapperOptions).exports_subscription:
-        raise UserError("--exports_subscription is for the streaming job: add --streaming (with --grids and --years)")
-    config = build_config(options)
-    check_models(config.routes)
-    if not streaming:  # a streaming job is started before the exports exist
-        check_something_to_do(config)
-    check_run_contract(config)
+    # One listing of the exports, after the checks that need none; a streaming job starts before they exist.
+    discovered = None if streaming else discover_grid_years(options.view_as(MiningMapperOptions).exports)
+    config = build_config(options, discovered)
+    check_models(config, discovered)
+    if discovered is not None:
+        check_something_to_do(config, discovered)
     lock = claim_output(config.output, "run", config.overwrite, clean=local)
     try:
         return _run_pipeline(options, arguments, argv, config, runner_name=standard.runner, local=local)
@@ -98,20 +95,6 @@ def _run_pipeline(options, arguments, argv, config, *, runner_name, local: bool)
         summary.precision_check = {"pixels": pixels, "class_changes": changed, "fraction": changed / pixels}
     publish_atomically({path: summary.to_json()})
     return summary.as_dict()
-
-
-def check_streaming(options, local: bool) -> None:
-    """Refuse a streaming run that cannot work, before anything is read: without --grids and --years (the
-    exports do not exist yet when the job starts), or with a timeout or interval that is not positive."""
-    view = options.view_as(MiningMapperOptions)
-    if not view.grids or not view.years:
-        raise UserError("--streaming needs --grids and --years: the series each grid waits for (its exports do not exist yet)")
-    if view.exports_subscription and not re.fullmatch(r"projects/[^/]+/subscriptions/[^/]+", view.exports_subscription):
-        raise UserError(f"--exports_subscription {view.exports_subscription!r}: expected projects/PROJECT/subscriptions/NAME")
-    if view.exports_subscription and not view.exports.startswith("gs://"):
-        raise UserError(f"--exports_subscription needs --exports on Cloud Storage (gs://…), got {view.exports}")
-    if view.series_timeout <= 0 or view.watch_interval <= 0:
-        raise UserError(f"--series_timeout ({view.series_timeout}) and --watch_interval ({view.watch_interval}) must be positive seconds")
 
 
 def _streaming_job(config, view, started: str, recorded: Sequence[str], *, local: bool):
@@ -176,14 +159,14 @@ def _run_streaming_locally(options, config, view, started: str, recorded: Sequen
     return RunSummary.from_json(read_bytes(path), path).as_dict()
 
 
-def check_something_to_do(config) -> None:
+def check_something_to_do(config, discovered: dict[str, list[int]]) -> None:
     """Refuse a run none of whose asked grid-years has an export (a usage error: nothing to do).
 
-    One listing of `{exports}/*/*/*mixer.json`; a run with at least one export goes ahead, and the
-    asked grid-years without one are reported as skipped in its summary.
+    `discovered` is the run's one listing of `{exports}/*/*/*mixer.json` (`discover_grid_years`); a run
+    with at least one export goes ahead, and the asked grid-years without one are reported as skipped in
+    its summary.
     """
-    found = discover_grid_years(config.exports)
-    if not any(year in found.get(grid, ()) for grid, year in config.grid_years()):
+    if not any(year in discovered.get(grid, ()) for grid, year in config.grid_years()):
         grids = ", ".join(config.grids[:10]) + (", …" if len(config.grids) > 10 else "")
         years = f"{config.years[0]}-{config.years[-1]}"
         raise UserError(f"nothing to do: {config.exports} holds no export (*mixer.json) for grid(s) {grids} in {years}; "
@@ -206,9 +189,10 @@ def probe_cloud_paths(options: PipelineOptions) -> None:
     from pipeline.preflight import probe_storage
 
     view, cloud = options.view_as(MiningMapperOptions), options.view_as(GoogleCloudOptions)
-    reuse = view.reuse_raw if view.reuse_raw not in (None, "", "off") else None
+    # --reuse_raw as given: its words for "off" (pipeline.io.raw.NO_REUSE) are no gs:// path, which
+    # probe_storage skips as it skips local paths.
     probe_storage(
-        [view.exports, view.model, view.model_routing or None, reuse],
+        [view.exports, view.model, view.model_routing or None, view.reuse_raw],
         [view.output, cloud.temp_location, cloud.staging_location],
         project=cloud.project,
     )
@@ -274,9 +258,11 @@ def main(argv: Sequence[str] | None = None, verbosity: int | None = None) -> int
     configure_logging(verbosity)
     try:
         summary = run(argv)
-    except UserError as error:
-        print(f"mining-mapper run: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    except Exception as error:  # people's mistakes become one line (a read-only output too); bugs keep their traceback
+        status = report(error, "run", verbosity >= VERBOSE)
+        if status is None:
+            raise
+        return status
     if verbosity > QUIET:
         if "grid_years" in summary:
             print(run_table(summary))

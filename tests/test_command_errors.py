@@ -164,3 +164,39 @@ def test_cloud_storage_refusal_mid_run_is_one_line_naming_the_object():
     line = failures.describe(BeamIOError("Rename operation failed", {("gs://mm-out/.a.partial", "gs://mm-out/a.tif"): refused}))
     assert line.startswith("Google Cloud refused a request (403 POST https://storage.googleapis.com/upload/storage/v1/b/mm-out/o?name=run/a.tif")
     assert line.endswith("check the bucket, the path and the account's roles")
+
+
+def test_first_line_quotes_one_line_of_the_cause_cut_with_an_ellipsis():
+    assert failures.first_line(ValueError("  bad value\nTraceback ...\n")) == "bad value"
+    assert failures.first_line(KeyError()) == "KeyError"  # no text: the type names it
+    assert failures.first_line(ValueError("x" * 240)) == "x" * 240
+    assert failures.first_line(ValueError("x" * 241)) == "x" * 237 + "…"
+    assert failures.first_line(ValueError("y" * 500), 200) == "y" * 197 + "…"
+
+
+def test_python_m_pipeline_run_says_a_read_only_output_in_one_line(tmp_path, monkeypatch, capsys):
+    """`python -m pipeline.run` and the Flex Template (both `pipeline.run.main`) report as `mining-mapper run` does."""
+    from pipeline import run as run_module
+    from tests.support.synthetic_run import pipeline_args, stand_in_model, truth_stack, write_exports
+
+    write_exports(tmp_path / "exports", truth_stack(1))
+    model = stand_in_model(str(tmp_path / "model.keras"))
+
+    def read_only(self, path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+
+    monkeypatch.setattr(LocalFileSystem, "create", read_only)
+    monkeypatch.setattr(LocalFileSystem, "mkdirs", read_only)
+    assert run_module.main(pipeline_args(tmp_path / "exports", tmp_path / "out", model, "--grids", "1010", "--years", "2000")) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # (Beam logs the failed bundle with its trace before)
+    assert last.startswith(f"mining-mapper run: error: {tmp_path / 'out'}")
+    assert last.endswith("read-only file system: choose a writable output location")
+
+
+def test_report_is_none_for_a_bug_and_prints_nothing(capsys):
+    from pipeline.errors import UserError
+
+    assert failures.report(ZeroDivisionError("division by zero"), "run") is None
+    assert capsys.readouterr().err == ""
+    assert failures.report(UserError("--model m: not found"), "run") == 2
+    assert capsys.readouterr().err == "mining-mapper run: error: --model m: not found\n"

@@ -180,3 +180,20 @@ def test_storage_with_a_well_formed_key_and_no_route_out_is_one_line(tmp_path, m
     lines = [line for line in err.strip().splitlines() if " WARNING " not in line]
     assert len(lines) == 1 and "Traceback" not in err
     assert lines[0].startswith("mining-mapper stats: error: gs://mm-out/stats: cannot reach Cloud Storage at https://storage.googleapis.com")
+
+
+@pytest.mark.parametrize("reuse, probed", [
+    ("gs://mm-raw/raw", ["gs://mm-in/exports", "gs://mm-raw/raw"]),
+    *[(word, ["gs://mm-in/exports"]) for word in ("", "off", "OFF", "none", "false", "no")],  # pipeline.io.raw.NO_REUSE
+])
+def test_run_probes_a_reuse_raw_folder_on_cloud_storage_and_no_word_for_off(monkeypatch, reuse, probed):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.run import probe_cloud_paths
+
+    seen = []
+    monkeypatch.setattr(preflight, "probe_storage", lambda inputs, outputs, project=None: seen.append(
+        (preflight.gcs_locations(inputs), preflight.gcs_locations(outputs))))
+    probe_cloud_paths(PipelineOptions(["--exports", "gs://mm-in/exports", "--output", "/tmp/out", "--model", "m.keras",
+                                       "--reuse_raw", reuse]))
+    assert seen == [(probed, [])]

@@ -186,3 +186,46 @@ def test_run_help_documents_the_exit_statuses(capsys):
     assert "exit status: 0 every grid-year asked for was written" in text
     assert "3 the run finished and wrote its summary, but at least one grid-year failed" in text
     assert "2 usage error" in text and "nothing to do" in text and "--overwrite" in text
+
+
+class _Claimed(Exception):
+    """Raised in place of claiming the output folder: every check before it has passed."""
+
+
+@pytest.mark.parametrize("extra, contract, listings, probed", [
+    ([], True, 1, [("1010", YEARS[0])]),  # grids and years from the one listing
+    (["--grids", "1,1010", "--years", f"{YEARS[2]}-{YEARS[3]}"], True, 1, [("1010", YEARS[2])]),  # grid 1 has none
+    (["--grids", "1010", "--years", f"{YEARS[0]}-{YEARS[-1]}"], False, 1, []),  # no model needs a record
+    (["--streaming", "--grids", "1010", "--years", f"{YEARS[0]}-{YEARS[-1]}"], True, 0, []),  # before the exports
+])
+def test_the_exports_are_listed_once_and_one_asked_export_is_probed(tmp_path, model_path, monkeypatch,
+                                                                     extra, contract, listings, probed):
+    import pipeline.io.export_reader as export_reader
+    import pipeline.modelcheck as modelcheck
+    import pipeline.options as options
+    import pipeline.run as run_module
+
+    write_exports(tmp_path / "exports", truth_stack(2))
+    listed, read = [], []
+    discover, probe, model_contract = options.discover_grid_years, export_reader.probe_export, modelcheck.model_contract
+
+    def counted_discover(exports):
+        listed.append(exports)
+        return discover(exports)
+
+    def counted_probe(export_dir, grid, year):
+        read.append((grid, year))
+        return probe(export_dir, grid, year)
+
+    def claim(*args, **kwargs):
+        raise _Claimed
+
+    monkeypatch.setattr(options, "discover_grid_years", counted_discover)
+    monkeypatch.setattr(run_module, "discover_grid_years", counted_discover)
+    monkeypatch.setattr(export_reader, "probe_export", counted_probe)
+    monkeypatch.setattr(modelcheck, "model_contract", model_contract if contract else lambda path: None)
+    monkeypatch.setattr(run_module, "claim_output", claim)
+    monkeypatch.setattr(run_module, "import_tensorflow_quietly", lambda: None)
+    with pytest.raises(_Claimed):
+        run_module.run(pipeline_args(tmp_path / "exports", tmp_path / "out", model_path, *extra))
+    assert len(listed) == listings and read == probed

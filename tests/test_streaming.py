@@ -219,7 +219,18 @@ def test_grid_year_of_path():
     assert grid_year_of_path("gs://b/exports", "gs://b/other/1010/2003/x.json") is None
 
 
-def test_streaming_needs_grids_years_and_positive_seconds(tmp_path, model):
+def _no_probe(monkeypatch):
+    """The option values are refused before any network probe: the probe is a trap."""
+    import pipeline.run as run_module
+
+    def trap(*args, **kwargs):
+        raise AssertionError("the cloud paths were probed before the option values were checked")
+
+    monkeypatch.setattr(run_module, "probe_cloud_paths", trap)
+
+
+def test_streaming_needs_grids_years_and_positive_seconds(tmp_path, model, monkeypatch):
+    _no_probe(monkeypatch)
     with pytest.raises(UserError, match="needs --grids and --years"):
         run(pipeline_args(tmp_path / "exports", tmp_path / "out", model, "--streaming"))
     with pytest.raises(UserError, match="must be positive seconds"):
@@ -434,8 +445,12 @@ def test_cloud_storage_notifications_drive_the_same_job(tmp_path, batch, model):
     assert len(want) == 16 and [name for name in want if got.get(name) != want[name]] == []
 
 
-def test_the_notification_option_is_checked_before_anything_runs(tmp_path, model):
+def test_the_notification_option_is_checked_before_anything_runs(tmp_path, model, monkeypatch):
+    _no_probe(monkeypatch)
     base = pipeline_args(tmp_path / "exports", tmp_path / "out", model, "--grids", "1010", "--years", "2000")
+    with pytest.raises(UserError, match="expected projects/PROJECT/subscriptions/NAME"):  # a typo, not the network
+        run(pipeline_args("gs://mm-in/exports", "gs://mm-out/run", model, "--grids", "1010", "--years", "2000",
+                          "--streaming", "--exports_subscription", "projects/p/subscription/s"))
     with pytest.raises(UserError, match="is for the streaming job"):
         run([*base, "--exports_subscription", "projects/p/subscriptions/s"])
     with pytest.raises(UserError, match="expected projects/PROJECT/subscriptions/NAME"):
