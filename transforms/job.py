@@ -132,7 +132,9 @@ class MiningMapperJob(beam.PTransform):
             "dead_letter": dead_letter,
             "decision": decided[DECISIONS],
         } | "Write raw results" >> WriteRawResults(output=config.output)
-        classified = (inferred, decided[REUSED_PATCHES]) | "With reused patches" >> beam.Flatten()
+        # A re-used year can be the one refused (its raw result kept another patch size or origin).
+        reused = drop_refused(decided[REUSED_PATCHES], contradictions, label="Drop refused reused years")
+        classified = (inferred, reused) | "With reused patches" >> beam.Flatten()
         tiles = classified | "Filter" >> FilterTiles(
             years=config.years,
             params=config.filter_params,
