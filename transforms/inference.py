@@ -252,7 +252,7 @@ class GridYearModelHandler(ModelHandler[GridYearRecords, list, InferenceModel]):
         return results
 
     def _classify(self, records: GridYearRecords, model: InferenceModel, count: bool) -> list[ClassifiedPatch]:
-        from model.tiling import assemble_mosaic, classify_mosaic, infer_mosaic, largest_batch, plan_tiles, tiling_unavailable
+        from model.tiling import classify_large_tiles, tiling_unavailable
 
         if not records.patches:
             return []
@@ -265,18 +265,17 @@ class GridYearModelHandler(ModelHandler[GridYearRecords, list, InferenceModel]):
             if count:
                 self._inferred.inc(inferred)
             return classified
-        mosaic = assemble_mosaic(records.geometry, records.patches)
-        plan = plan_tiles(mosaic, model.network, self._tile)
-        fits = largest_batch(model.network, plan.window, mosaic.bands.shape[-1], self._memory, self._precision)
-        if fits < 1:
-            raise UserError(f"grid {records.geometry.grid} year {records.geometry.year}: one {plan.window[0]}x{plan.window[1]} tile needs more "
-                            f"than --inference_memory_gb {self._memory / (1 << 30):g}; choose a smaller --inference_tile")
-        probability = infer_mosaic(model.predict, mosaic, plan, batch_size=max(1, min(self._max_batch, fits)))
+        classified = classify_large_tiles(
+            model.predict, model.network, records.geometry, records.patches, self._threshold, self._tile, self._max_batch,
+            memory_bytes=self._memory, precision=self._precision, on_plan=self._count_pixels if count else None,
+        )
         if count:
             self._tiled.inc()
-            self._pixels.inc(plan.inferred_pixels)
-            self._inferred.inc(len(mosaic.present))
-        return classify_mosaic(mosaic, probability, self._threshold)
+            self._inferred.inc(len(classified))  # one per patch read
+        return classified
+
+    def _count_pixels(self, plan) -> None:
+        self._pixels.inc(plan.inferred_pixels)
 
     def get_num_bytes(self, batch: Sequence[GridYearRecords]) -> int:
         """Bytes of input in a batch (RunInference's throughput metric)."""
