@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -38,19 +40,19 @@ log = logging.getLogger(__name__)
 
 
 def _load_keras_file(path: str):
+    """A Keras file loaded without compiling; a gs:// one is copied to a temporary folder first (Keras opens
+    local files only), and the copy is removed once the model is in memory."""
     import keras
 
-    from apache_beam.io.filesystems import FileSystems
+    from pipeline.io.filesystem import basename, is_remote, read_bytes
 
-    local = path
-    if "://" in path:
-        import os
-        import tempfile
-
-        local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
-        with FileSystems.open(path) as source, open(local, "wb") as target:
-            target.write(source.read())
-    return keras.models.load_model(local, compile=False)
+    if not is_remote(path):
+        return keras.models.load_model(path, compile=False)
+    with tempfile.TemporaryDirectory(prefix="mining-mapper-model-") as folder:
+        local = os.path.join(folder, basename(path))
+        with open(local, "wb") as target:
+            target.write(read_bytes(path))
+        return keras.models.load_model(local, compile=False)
 
 
 def load_model(path: str):
@@ -98,16 +100,21 @@ class InferenceModel:
 def load_inference_model(path: str, precision: str = "float32", *, need_network: bool = False, check: bool = False) -> InferenceModel:
     """The model a handler runs at `precision`: float32 calls the serving model as exported (exact, as
     record-wise inference always did); bfloat16/float16 compile the Keras serving model in mixed precision.
-    `check` (16-bit only) adds the float32 serving model as the reference whose classes are compared."""
+    `check` (16-bit only) adds that Keras network's own float32 call as the reference whose classes are
+    compared (the network already loaded: the model is not read twice)."""
     from model.inference import make_inference_fn
 
     if precision == "float32":
         served = load_model(path)
         network = served if hasattr(served, "layers") else (load_keras_network(path) if need_network else None)
-        return InferenceModel(lambda batch: served(batch, training=False), network)
-    network = load_keras_network(path)
-    reference = load_inference_model(path, "float32", need_network=need_network) if check else None
-    return InferenceModel(make_inference_fn(network, precision), network, reference)
+        return _eager(served, network)
+    network = load_keras_network(path)  # float32 itself: make_inference_fn computes in 16 bits on a copy
+    return InferenceModel(make_inference_fn(network, precision), network, _eager(network, network) if check else None)
+
+
+def _eager(served, network) -> InferenceModel:
+    """`served` called as is (float32, uncompiled), with `network` for its architecture."""
+    return InferenceModel(lambda batch: served(batch, training=False), network)
 
 
 def class_changes(classified: Sequence[ClassifiedPatch], reference: Sequence[ClassifiedPatch]) -> tuple[int, int]:
