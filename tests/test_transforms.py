@@ -8,6 +8,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 import apache_beam as beam
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.config import ModelRoute
 from pipeline.elements import ClassifiedPatch, DeadLetter, ExportGeometry, ExportPatch, GridYearKey, MissingExport, PatchKey
@@ -76,6 +78,28 @@ def test_classify_patches_batches_routes_and_skips_empty_patches(models):
             (("1500", 2000, 1), 1, (4, 4)),
             (("1010", 2001, 0), 255, (4, 4)),
         ]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    claims=st.lists(st.sets(st.sampled_from([str(g) for g in range(1000, 1012)]), min_size=1, max_size=4), max_size=3),
+    grid=st.sampled_from([str(g) for g in range(1000, 1014)]),
+)
+def test_route_for_is_the_first_route_claiming_the_grid_else_the_national_one_and_survives_pickling(claims, grid):
+    """RunConfig.route_for (a mapping built once) against the plain scan of the routes, after pickling
+    (the config travels to the workers) and after dataclasses.replace of the routes."""
+    import dataclasses
+    import pickle
+
+    routes = (ModelRoute("national", "n.keras", ()),) + tuple(
+        ModelRoute(f"state{i}", f"s{i}.keras", tuple(sorted(g))) for i, g in enumerate(claims))
+    expected = next((r for r in routes if grid in r.grids), routes[0])
+    config = run_config(routes=routes)
+    assert config.route_for(grid) == expected and pickle.loads(pickle.dumps(config)).route_for(grid) == expected
+    national_only = dataclasses.replace(config, routes=routes[:1])
+    assert national_only.route_for(grid) == routes[0] and national_only == run_config(routes=routes[:1])
+    with pytest.raises(ValueError, match=f"grid {grid}: no model route claims it"):
+        run_config(routes=(ModelRoute("state", "s.keras", ("9999",)),)).route_for(grid)
 
 
 @pytest.mark.parametrize("mode", ["appendix", "c9-code"])
