@@ -165,3 +165,15 @@ def test_write_grid_years_accounts_for_each_case(tmp_path):
     entries = account([GridYearStatus("9", 2000, "written")], [("9", 2000), ("9", 2001)])
     assert [e.status for e in entries] == ["written", "failed"]
     assert entries[1].reason == "no result reached the writer"
+
+
+def test_read_exports_takes_its_grid_years_from_the_pipeline_call_or_from_the_pcollection_not_both():
+    """ReadEarthEngineExports: grid_years for a pipeline, None for a PCollection of GridYearKey (the job's case)."""
+    from transforms.read import ReadEarthEngineExports
+
+    p = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    with pytest.raises(ValueError, match="applied to a pipeline needs the grid_years"):
+        _ = p | "None" >> ReadEarthEngineExports("exports", None, BANDS)
+    keys = p | beam.Create([GridYearKey("1010", 2000)])
+    with pytest.raises(ValueError, match="applied to a PCollection reads its GridYearKey elements"):
+        _ = keys | "Both" >> ReadEarthEngineExports("exports", [("1010", 2000)], BANDS)

@@ -118,7 +118,7 @@ class MiningMapperJob(beam.PTransform):
         # The yearly update: grid-years whose raw result still matches are neither read nor inferred.
         decided = pbegin | "Reuse raw results" >> DecideRawReuse(config=config, digests=model_digests(config))
         read = decided[TO_READ] | "Read exports" >> ReadEarthEngineExports(
-            config.exports, config.grid_years(), config.bands, config.export_nodata, reshuffle=False,
+            config.exports, None, config.bands, config.export_nodata, reshuffle=False,
             per_export=config.large_tiles,
         )
         geometry = (read[GEOMETRY], decided[REUSED_GEOMETRY]) | "With reused geometry" >> beam.Flatten()
