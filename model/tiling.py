@@ -33,6 +33,7 @@ import numpy as np
 from model import receptive_field
 from pipeline.elements import ExportGeometry, ExportPatch
 from pipeline.elements import ClassifiedPatch
+from pipeline.errors import UserError
 from pipeline.method.tiles import classify_patch
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -258,19 +259,32 @@ def classify_mosaic(mosaic: Mosaic, probability: np.ndarray, threshold: float) -
 
 def classify_large_tiles(
     predict: Predict, model, geometry: ExportGeometry, patches: Iterable[ExportPatch], threshold: float,
-    tile: int | None = 1024, batch_size: int = 4,
+    tile: int | None = 1024, batch_size: int = 4, *, memory_bytes: int | None = None, precision: str = "float32",
+    on_plan: Callable[[TilePlan], None] | None = None,
 ) -> list[ClassifiedPatch]:
     """Classify one (grid, year) by large tiles: assemble, plan, infer, stitch, classify per patch.
 
     `model` gives the architecture (halo, grid); `predict` runs it (e.g. `model.inference.make_inference_fn`).
-    ValueError with `tiling_unavailable`'s reason when this export cannot be tiled exactly.
+    With `memory_bytes` (the pipeline's --inference_memory_gb), at most `largest_batch` tiles of the plan's
+    window go to `predict` at once, and a UserError says so when not even one fits. `on_plan` is given the
+    plan once its tiles are inferred (the pipeline counts the pixels inferred). ValueError with
+    `tiling_unavailable`'s reason when this export cannot be tiled exactly.
     """
     reason = tiling_unavailable(geometry, model)
     if reason:
         raise ValueError(reason)
     mosaic = assemble_mosaic(geometry, patches)
     plan = plan_tiles(mosaic, model, tile)
-    return classify_mosaic(mosaic, infer_mosaic(predict, mosaic, plan, batch_size), threshold)
+    if memory_bytes is not None:
+        fits = largest_batch(model, plan.window, mosaic.bands.shape[-1], memory_bytes, precision)
+        if fits < 1:
+            raise UserError(f"grid {geometry.grid} year {geometry.year}: one {plan.window[0]}x{plan.window[1]} tile needs more "
+                            f"than --inference_memory_gb {memory_bytes / (1 << 30):g}; choose a smaller --inference_tile")
+        batch_size = max(1, min(batch_size, fits))
+    probability = infer_mosaic(predict, mosaic, plan, batch_size)
+    if on_plan is not None:
+        on_plan(plan)
+    return classify_mosaic(mosaic, probability, threshold)
 
 
 def tile_memory(model, window: int | tuple[int, int], batch_size: int, num_bands: int, precision: str = "float32") -> dict[str, int]:

@@ -50,6 +50,15 @@ class RunConfig:
     precision_check: bool = False
     """With a 16-bit precision: also run float32 and count the pixels whose class changes (costs a second pass)."""
 
+    def __post_init__(self):
+        """Index the routes by grid once: `route_for` is asked per patch."""
+        by_grid: dict[str, ModelRoute] = {}
+        for route in self.routes:
+            for grid in route.grids:
+                by_grid.setdefault(grid, route)  # the first route that claims a grid serves it
+        object.__setattr__(self, "_route_by_grid", by_grid)
+        object.__setattr__(self, "_national_route", next((route for route in self.routes if not route.grids), None))
+
     @property
     def large_tiles(self) -> bool:
         """Whether inference assembles each grid-year and runs on large tiles instead of records."""
@@ -57,10 +66,10 @@ class RunConfig:
 
     def route_for(self, grid: str) -> ModelRoute:
         """The model that classifies a grid: its state model, else the national one."""
-        for route in self.routes:
-            if grid in route.grids:
-                return route
-        return next(route for route in self.routes if not route.grids)
+        route = self._route_by_grid.get(grid, self._national_route)
+        if route is None:
+            raise ValueError(f"grid {grid}: no model route claims it and there is no national model")
+        return route
 
     def grid_years(self) -> list[GridYearKey]:
         """Every (grid, year) the run was asked for, in a deterministic order."""

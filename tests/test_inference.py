@@ -96,3 +96,38 @@ def test_class_disagreement_counts_observed_pixels():
 def test_unknown_precision_is_a_user_error(net):
     with pytest.raises(UserError, match="unknown inference precision 'int8'"):
         make_inference_fn(net, "int8")
+
+
+def test_a_gs_keras_file_is_read_through_the_filesystem_and_its_local_copy_removed(net, batch, tmp_path, monkeypatch):
+    """transforms.inference._load_keras_file: `gs://` through pipeline.io.filesystem.read_bytes, into a temporary
+    folder that is gone once the model is loaded; the loaded model is the saved one."""
+    import tempfile
+
+    from pipeline.io import filesystem
+    from transforms.inference import _load_keras_file
+
+    saved = tmp_path / "unet.keras"
+    net.save(saved)
+    asked = []
+    monkeypatch.setattr(filesystem, "read_bytes", lambda path: asked.append(path) or saved.read_bytes())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    loaded = _load_keras_file("gs://models/national/unet.keras")
+    assert asked == ["gs://models/national/unet.keras"] and list(scratch.iterdir()) == []
+    np.testing.assert_array_equal(np.asarray(loaded(batch, training=False)), np.asarray(net(batch, training=False)))
+
+
+def test_the_precision_check_reference_is_the_loaded_network_in_float32(net, batch, tmp_path, monkeypatch):
+    """--precision_check at bfloat16: the model file is read once; the reference is that network's float32 call."""
+    from transforms import inference
+
+    saved = tmp_path / "unet.keras"
+    net.save(saved)
+    loads = []
+    real = inference._load_keras_file
+    monkeypatch.setattr(inference, "_load_keras_file", lambda path: loads.append(path) or real(path))
+    model = inference.load_inference_model(str(saved), "bfloat16", need_network=True, check=True)
+    assert loads == [str(saved)] and model.reference.network is model.network
+    np.testing.assert_array_equal(model.reference(batch), np.asarray(net(batch, training=False)))
+    assert inference.load_inference_model(str(saved), "float32", check=True).reference is None  # nothing to compare at float32

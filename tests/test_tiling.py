@@ -146,6 +146,30 @@ def test_classify_large_tiles_and_bad_inputs():
         tiling.assemble_mosaic(geometry, [])
 
 
+def test_classify_large_tiles_batches_within_the_memory_budget_and_reports_its_plan():
+    """With `memory_bytes` (--inference_memory_gb) at most `largest_batch` tiles go to the model at once, the
+    classes stay the record-wise ones, `on_plan` gets the plan, and a budget under one tile is a UserError."""
+    from pipeline.errors import UserError
+
+    model = random_unet(2, bands=3, seed=5)
+    geometry, patches = generated_export(2, 2, 32, 48, 3, seed=5)
+    batches, plans = [], []
+
+    def predict(batch):
+        batches.append(len(batch))
+        return predict_of(model)(batch)
+
+    one = tiling.tile_memory(model, (80, 80), 1, 3)["total"]  # core 32 + the depth-2 halo, 24 px per side
+    got = tiling.classify_large_tiles(predict, model, geometry, patches, THRESHOLD, tile=32, batch_size=16,
+                                      memory_bytes=3 * one, on_plan=plans.append)
+    assert [p.window for p in plans] == [(80, 80)] and len(plans[0].tiles) == 4 and batches == [3, 1]
+    _, expected = record_wise(model, patches)
+    for c in got:
+        np.testing.assert_array_equal(c.classes, expected[c.index].classes)
+    with pytest.raises(UserError, match=r"grid 1137 year 2020: one 80x80 tile needs more than --inference_memory_gb"):
+        tiling.classify_large_tiles(predict, model, geometry, patches, THRESHOLD, tile=32, memory_bytes=one - 1)
+
+
 def test_memory_and_cost_statements():
     """Bytes of a C9 grid-year mosaic, of a batch of tiles, and what an export geometry costs per core pixel."""
     geometry, _ = generated_export(1, 1, 16, 16, 1)

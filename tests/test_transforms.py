@@ -8,6 +8,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 import apache_beam as beam
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.config import ModelRoute
 from pipeline.elements import ClassifiedPatch, DeadLetter, ExportGeometry, ExportPatch, GridYearKey, MissingExport, PatchKey
@@ -78,6 +80,28 @@ def test_classify_patches_batches_routes_and_skips_empty_patches(models):
         ]))
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    claims=st.lists(st.sets(st.sampled_from([str(g) for g in range(1000, 1012)]), min_size=1, max_size=4), max_size=3),
+    grid=st.sampled_from([str(g) for g in range(1000, 1014)]),
+)
+def test_route_for_is_the_first_route_claiming_the_grid_else_the_national_one_and_survives_pickling(claims, grid):
+    """RunConfig.route_for (a mapping built once) against the plain scan of the routes, after pickling
+    (the config travels to the workers) and after dataclasses.replace of the routes."""
+    import dataclasses
+    import pickle
+
+    routes = (ModelRoute("national", "n.keras", ()),) + tuple(
+        ModelRoute(f"state{i}", f"s{i}.keras", tuple(sorted(g))) for i, g in enumerate(claims))
+    expected = next((r for r in routes if grid in r.grids), routes[0])
+    config = run_config(routes=routes)
+    assert config.route_for(grid) == expected and pickle.loads(pickle.dumps(config)).route_for(grid) == expected
+    national_only = dataclasses.replace(config, routes=routes[:1])
+    assert national_only.route_for(grid) == routes[0] and national_only == run_config(routes=routes[:1])
+    with pytest.raises(ValueError, match=f"grid {grid}: no model route claims it"):
+        run_config(routes=(ModelRoute("state", "s.keras", ("9999",)),)).route_for(grid)
+
+
 @pytest.mark.parametrize("mode", ["appendix", "c9-code"])
 def test_filter_tiles_equals_the_engine_across_tiles(mode):
     rng = np.random.default_rng(4)
@@ -141,3 +165,15 @@ def test_write_grid_years_accounts_for_each_case(tmp_path):
     entries = account([GridYearStatus("9", 2000, "written")], [("9", 2000), ("9", 2001)])
     assert [e.status for e in entries] == ["written", "failed"]
     assert entries[1].reason == "no result reached the writer"
+
+
+def test_read_exports_takes_its_grid_years_from_the_pipeline_call_or_from_the_pcollection_not_both():
+    """ReadEarthEngineExports: grid_years for a pipeline, None for a PCollection of GridYearKey (the job's case)."""
+    from transforms.read import ReadEarthEngineExports
+
+    p = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
+    with pytest.raises(ValueError, match="applied to a pipeline needs the grid_years"):
+        _ = p | "None" >> ReadEarthEngineExports("exports", None, BANDS)
+    keys = p | beam.Create([GridYearKey("1010", 2000)])
+    with pytest.raises(ValueError, match="applied to a PCollection reads its GridYearKey elements"):
+        _ = keys | "Both" >> ReadEarthEngineExports("exports", [("1010", 2000)], BANDS)

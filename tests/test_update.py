@@ -147,6 +147,26 @@ def test_reuse_from_another_folder_copies_the_raw_results_into_the_output(tmp_pa
     assert tifs(tmp_path / "second") == tifs(tmp_path / "first")
 
 
+def test_a_reused_year_whose_export_contradicts_the_grid_is_failed_and_kept_out_of_the_filters(tmp_path, exports, model):
+    """2000 is re-used from its raw result (16-pixel patches) while 2001–2007 now say 18: 2000 is refused like an
+    inferred year would be (failed, its patches not filtered with the others, which would end the run)."""
+    run(pipeline_args(exports, tmp_path / "out", model, "--years", "2000-2000"))
+    for year in YEARS[1:]:
+        mixer = exports / "1010" / str(year) / f"mining_1010_{year}-mixer.json"
+        mixer.write_text(mixer.read_text().replace('"patchDimensions": [16, 16]', '"patchDimensions": [18, 18]'))
+    update = run(pipeline_args(exports, tmp_path / "out", model, "--overwrite"))
+    years = by_year(update)
+    assert years[2000]["status"] == "failed" and update["metrics"]["patches_reused"] == PATCHES_PER_YEAR
+    assert "mining_1010_2000-mixer.json" in years[2000]["reason"] and "patchDimensions 16" in years[2000]["reason"]
+    assert all(years[y]["status"] == "written" and years[y]["inference"] == "inferred" for y in YEARS[1:])
+    # The other years equal those of a run from scratch, where 2000 is inferred and then refused.
+    fresh = run(pipeline_args(exports, tmp_path / "fresh", model, "--reuse_raw", "off"))
+    assert by_year(fresh)[2000]["status"] == "failed" and by_year(fresh)[2000]["reason"] == years[2000]["reason"]
+    cogs = [f"1010/1010_{y}.tif" for y in YEARS[1:]]
+    updated, scratch = tifs(tmp_path / "out"), tifs(tmp_path / "fresh")
+    assert "1010/1010_2000.tif" not in updated and all(updated[name] == scratch[name] for name in cogs)
+
+
 # --- The stored probability and the classes ------------------------------------------------------------
 
 

@@ -15,7 +15,10 @@ runs on CPU and GPU. Each grid is routed to its model (national, or a state mode
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -37,19 +40,19 @@ log = logging.getLogger(__name__)
 
 
 def _load_keras_file(path: str):
+    """A Keras file loaded without compiling; a gs:// one is copied to a temporary folder first (Keras opens
+    local files only), and the copy is removed once the model is in memory."""
     import keras
 
-    from apache_beam.io.filesystems import FileSystems
+    from pipeline.io.filesystem import basename, is_remote, read_bytes
 
-    local = path
-    if "://" in path:
-        import os
-        import tempfile
-
-        local = os.path.join(tempfile.mkdtemp(), os.path.basename(path))
-        with FileSystems.open(path) as source, open(local, "wb") as target:
-            target.write(source.read())
-    return keras.models.load_model(local, compile=False)
+    if not is_remote(path):
+        return keras.models.load_model(path, compile=False)
+    with tempfile.TemporaryDirectory(prefix="mining-mapper-model-") as folder:
+        local = os.path.join(folder, basename(path))
+        with open(local, "wb") as target:
+            target.write(read_bytes(path))
+        return keras.models.load_model(local, compile=False)
 
 
 def load_model(path: str):
@@ -97,16 +100,21 @@ class InferenceModel:
 def load_inference_model(path: str, precision: str = "float32", *, need_network: bool = False, check: bool = False) -> InferenceModel:
     """The model a handler runs at `precision`: float32 calls the serving model as exported (exact, as
     record-wise inference always did); bfloat16/float16 compile the Keras serving model in mixed precision.
-    `check` (16-bit only) adds the float32 serving model as the reference whose classes are compared."""
+    `check` (16-bit only) adds that Keras network's own float32 call as the reference whose classes are
+    compared (the network already loaded: the model is not read twice)."""
     from model.inference import make_inference_fn
 
     if precision == "float32":
         served = load_model(path)
         network = served if hasattr(served, "layers") else (load_keras_network(path) if need_network else None)
-        return InferenceModel(lambda batch: served(batch, training=False), network)
-    network = load_keras_network(path)
-    reference = load_inference_model(path, "float32", need_network=need_network) if check else None
-    return InferenceModel(make_inference_fn(network, precision), network, reference)
+        return _eager(served, network)
+    network = load_keras_network(path)  # float32 itself: make_inference_fn computes in 16 bits on a copy
+    return InferenceModel(make_inference_fn(network, precision), network, _eager(network, network) if check else None)
+
+
+def _eager(served, network) -> InferenceModel:
+    """`served` called as is (float32, uncompiled), with `network` for its architecture."""
+    return InferenceModel(lambda batch: served(batch, training=False), network)
 
 
 def class_changes(classified: Sequence[ClassifiedPatch], reference: Sequence[ClassifiedPatch]) -> tuple[int, int]:
@@ -156,7 +164,48 @@ def classify_records(patches: Sequence[ExportPatch], model, threshold: float) ->
     return results, len(patches) - skipped, skipped
 
 
-class PatchModelHandler(ModelHandler[ExportPatch, ClassifiedPatch, Any]):
+class UNetModelHandler(ModelHandler):
+    """What both handlers share: the model (path, precision, the float32 reference of --precision_check,
+    loaded once per worker process, on a GPU if required), the threshold and the `patches_inferred` counter."""
+
+    need_network = False
+    """Whether `load_model` must also load the Keras network (large tiles need its architecture)."""
+
+    def __init__(self, model_path: str, *, threshold: float, precision: str = "float32", max_batch_size: int = 16,
+                 require_gpu: bool = False, precision_check: bool = False):
+        super().__init__()
+        self._model_path = model_path
+        self._threshold = threshold
+        self._precision = precision
+        self._max_batch = max_batch_size
+        self._require_gpu = require_gpu
+        self._check = precision_check  # load_inference_model ignores it at float32
+        self._checker = PrecisionCheck()
+        self._inferred = Metrics.counter(NAMESPACE, "patches_inferred")
+
+    def load_model(self) -> InferenceModel:
+        """Load the model (once per worker process; RunInference shares it between threads), on a GPU if required."""
+        check_gpu(self._require_gpu)
+        return load_inference_model(self._model_path, self._precision, need_network=self.need_network, check=self._check)
+
+    def update_model_path(self, model_path: str | None = None) -> None:
+        """Point the handler at another model (Beam's model-update hook)."""
+        self._model_path = model_path or self._model_path
+
+    def compare_with_reference(self, model, classified: Sequence[ClassifiedPatch],
+                               classify: Callable[[Any], Sequence[ClassifiedPatch]]) -> None:
+        """With --precision_check (the model has a float32 reference): count the pixels whose class differs
+        between `classified` and `classify(reference)`, the same inputs classified in float32."""
+        reference = getattr(model, "reference", None)  # tests pass a bare Keras model
+        if reference is not None and classified:
+            self._checker.count(classified, classify(reference))
+
+    def get_metrics_namespace(self) -> str:
+        """RunInference's metrics namespace."""
+        return RUN_INFERENCE_NAMESPACE
+
+
+class PatchModelHandler(UNetModelHandler):
     """Runs the U-Net on batches of export patches and returns their classes at the threshold.
 
     The model sees the whole kernel-buffered record (its context); the buffer is cropped from the
@@ -165,49 +214,29 @@ class PatchModelHandler(ModelHandler[ExportPatch, ClassifiedPatch, Any]):
 
     def __init__(self, model_path: str, *, threshold: float, min_batch_size: int = 1, max_batch_size: int = 16, require_gpu: bool = False,
                  precision: str = "float32", precision_check: bool = False):
-        super().__init__()
-        self._model_path = model_path
-        self._precision = precision
-        self._check = precision_check and precision != "float32"
-        self._checker = PrecisionCheck()
-        self._require_gpu = require_gpu
-        self._threshold = threshold
-        self._batch = {"min_batch_size": min_batch_size, "max_batch_size": max_batch_size}
-        self._inferred = Metrics.counter(NAMESPACE, "patches_inferred")
+        super().__init__(model_path, threshold=threshold, precision=precision, max_batch_size=max_batch_size,
+                         require_gpu=require_gpu, precision_check=precision_check)
+        self._min_batch = min_batch_size
         self._skipped = Metrics.counter(NAMESPACE, "patches_not_observed")
-
-    def load_model(self):
-        """Load the serving model (once per worker process; RunInference shares it), on a GPU if required."""
-        check_gpu(self._require_gpu)
-        return load_inference_model(self._model_path, self._precision, check=self._check)
-
-    def update_model_path(self, model_path: str | None = None) -> None:
-        """Point the handler at another model (Beam's model-update hook)."""
-        self._model_path = model_path or self._model_path
 
     def batch_elements_kwargs(self):
         """Batch sizes for RunInference's BatchElements."""
-        return dict(self._batch)
+        return {"min_batch_size": self._min_batch, "max_batch_size": self._max_batch}
 
     def run_inference(self, batch: Sequence[Any], model, inference_args=None) -> Iterable[ClassifiedPatch]:
         """Classify a batch of ExportPatch: one model call per distinct record size in the batch."""
         results, inferred, skipped = classify_records(batch, model, self._threshold)
         self._inferred.inc(inferred)
         self._skipped.inc(skipped)
-        if getattr(model, "reference", None) is not None:
-            self._checker.count(results, classify_records(batch, model.reference, self._threshold)[0])
+        self.compare_with_reference(model, results, lambda reference: classify_records(batch, reference, self._threshold)[0])
         return results
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         """Bytes of input in a batch (RunInference's throughput metric)."""
         return sum(patch.bands.nbytes for patch in batch)
 
-    def get_metrics_namespace(self) -> str:
-        """RunInference's metrics namespace."""
-        return RUN_INFERENCE_NAMESPACE
 
-
-class GridYearModelHandler(ModelHandler[GridYearRecords, list, InferenceModel]):
+class GridYearModelHandler(UNetModelHandler):
     """Classifies whole grid-years by large tiles (`model.tiling`): one grid-year per model call batch.
 
     Memory per worker: the grid-year's records (as read) plus its mosaic (~300 MB of float32 bands for a
@@ -215,27 +244,17 @@ class GridYearModelHandler(ModelHandler[GridYearRecords, list, InferenceModel]):
     `model.tiling.tile_memory` stays within `memory_bytes`.
     """
 
+    need_network = True
+
     def __init__(self, model_path: str, *, threshold: float, tile: int | None, precision: str = "float32", max_batch_size: int = 16,
                  memory_bytes: int = 12 << 30, require_gpu: bool = False, precision_check: bool = False):
-        super().__init__()
-        self._check = precision_check and precision != "float32"
-        self._checker = PrecisionCheck()
-        self._model_path = model_path
-        self._threshold = threshold
+        super().__init__(model_path, threshold=threshold, precision=precision, max_batch_size=max_batch_size,
+                         require_gpu=require_gpu, precision_check=precision_check)
         self._tile = tile
-        self._precision = precision
-        self._max_batch = max_batch_size
         self._memory = memory_bytes
-        self._require_gpu = require_gpu
-        self._inferred = Metrics.counter(NAMESPACE, "patches_inferred")
         self._tiled = Metrics.counter(NAMESPACE, "grid_years_large_tiles")
         self._fallback = Metrics.counter(NAMESPACE, "grid_years_record_wise_fallback")
         self._pixels = Metrics.counter(NAMESPACE, "pixels_inferred")
-
-    def load_model(self) -> InferenceModel:
-        """The network (its architecture gives the halo) and its predict function, once per worker process."""
-        check_gpu(self._require_gpu)
-        return load_inference_model(self._model_path, self._precision, need_network=True, check=self._check)
 
     def batch_elements_kwargs(self):
         """One grid-year per call: a grid-year is already hundreds of records."""
@@ -246,13 +265,12 @@ class GridYearModelHandler(ModelHandler[GridYearRecords, list, InferenceModel]):
         results = []
         for records in batch:
             classified = self._classify(records, model, count=True)
-            if getattr(model, "reference", None) is not None and classified:
-                self._checker.count(classified, self._classify(records, model.reference, count=False))
+            self.compare_with_reference(model, classified, functools.partial(self._classify, records, count=False))
             results.append(classified)
         return results
 
     def _classify(self, records: GridYearRecords, model: InferenceModel, count: bool) -> list[ClassifiedPatch]:
-        from model.tiling import assemble_mosaic, classify_mosaic, infer_mosaic, largest_batch, plan_tiles, tiling_unavailable
+        from model.tiling import classify_large_tiles, tiling_unavailable
 
         if not records.patches:
             return []
@@ -265,49 +283,35 @@ class GridYearModelHandler(ModelHandler[GridYearRecords, list, InferenceModel]):
             if count:
                 self._inferred.inc(inferred)
             return classified
-        mosaic = assemble_mosaic(records.geometry, records.patches)
-        plan = plan_tiles(mosaic, model.network, self._tile)
-        fits = largest_batch(model.network, plan.window, mosaic.bands.shape[-1], self._memory, self._precision)
-        if fits < 1:
-            raise UserError(f"grid {records.geometry.grid} year {records.geometry.year}: one {plan.window[0]}x{plan.window[1]} tile needs more "
-                            f"than --inference_memory_gb {self._memory / (1 << 30):g}; choose a smaller --inference_tile")
-        probability = infer_mosaic(model.predict, mosaic, plan, batch_size=max(1, min(self._max_batch, fits)))
+        classified = classify_large_tiles(
+            model.predict, model.network, records.geometry, records.patches, self._threshold, self._tile, self._max_batch,
+            memory_bytes=self._memory, precision=self._precision, on_plan=self._count_pixels if count else None,
+        )
         if count:
             self._tiled.inc()
-            self._pixels.inc(plan.inferred_pixels)
-            self._inferred.inc(len(mosaic.present))
-        return classify_mosaic(mosaic, probability, self._threshold)
+            self._inferred.inc(len(classified))  # one per patch read
+        return classified
+
+    def _count_pixels(self, plan) -> None:
+        self._pixels.inc(plan.inferred_pixels)
 
     def get_num_bytes(self, batch: Sequence[GridYearRecords]) -> int:
         """Bytes of input in a batch (RunInference's throughput metric)."""
         return sum(p.bands.nbytes for records in batch for p in records.patches)
 
-    def get_metrics_namespace(self) -> str:
-        """RunInference's metrics namespace."""
-        return RUN_INFERENCE_NAMESPACE
-
 
 def _handler(route, config: RunConfig) -> ModelHandler:
+    """The handler that classifies a route's grids with the run's settings: large tiles or record-wise."""
+    common = {
+        "threshold": config.threshold,
+        "precision": config.inference_precision,
+        "max_batch_size": config.max_batch_size,
+        "require_gpu": config.require_gpu,
+        "precision_check": config.precision_check,
+    }
     if config.large_tiles:
-        return GridYearModelHandler(
-            route.path,
-            threshold=config.threshold,
-            tile=config.inference_tile,
-            precision=config.inference_precision,
-            max_batch_size=config.max_batch_size,
-            memory_bytes=config.inference_memory_bytes,
-            require_gpu=config.require_gpu,
-            precision_check=config.precision_check,
-        )
-    return PatchModelHandler(
-        route.path,
-        threshold=config.threshold,
-        min_batch_size=config.min_batch_size,
-        max_batch_size=config.max_batch_size,
-        require_gpu=config.require_gpu,
-        precision=config.inference_precision,
-        precision_check=config.precision_check,
-    )
+        return GridYearModelHandler(route.path, tile=config.inference_tile, memory_bytes=config.inference_memory_bytes, **common)
+    return PatchModelHandler(route.path, min_batch_size=config.min_batch_size, **common)
 
 
 def _patches_of(element):

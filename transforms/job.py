@@ -118,7 +118,7 @@ class MiningMapperJob(beam.PTransform):
         # The yearly update: grid-years whose raw result still matches are neither read nor inferred.
         decided = pbegin | "Reuse raw results" >> DecideRawReuse(config=config, digests=model_digests(config))
         read = decided[TO_READ] | "Read exports" >> ReadEarthEngineExports(
-            config.exports, config.grid_years(), config.bands, config.export_nodata, reshuffle=False,
+            config.exports, None, config.bands, config.export_nodata, reshuffle=False,
             per_export=config.large_tiles,
         )
         geometry = (read[GEOMETRY], decided[REUSED_GEOMETRY]) | "With reused geometry" >> beam.Flatten()
@@ -132,7 +132,9 @@ class MiningMapperJob(beam.PTransform):
             "dead_letter": dead_letter,
             "decision": decided[DECISIONS],
         } | "Write raw results" >> WriteRawResults(output=config.output)
-        classified = (inferred, decided[REUSED_PATCHES]) | "With reused patches" >> beam.Flatten()
+        # A re-used year can be the one refused (its raw result kept another patch size or origin).
+        reused = drop_refused(decided[REUSED_PATCHES], contradictions, label="Drop refused reused years")
+        classified = (inferred, reused) | "With reused patches" >> beam.Flatten()
         tiles = classified | "Filter" >> FilterTiles(
             years=config.years,
             params=config.filter_params,

@@ -83,7 +83,8 @@ class _ReadExportFn(beam.DoFn):
 
 
 class ReadEarthEngineExports(beam.PTransform):
-    """Read the Earth Engine exports `{exports_root}/{grid}/{year}/` of the given (grid, year) pairs.
+    """Read the Earth Engine exports `{exports_root}/{grid}/{year}/` of the given (grid, year) pairs (or,
+    applied to a PCollection of GridYearKey, of its elements).
 
     Returns a dict of PCollections:
       - "patches": (PatchKey, ExportPatch), bands in `bands` order with the kernel
@@ -108,7 +109,7 @@ class ReadEarthEngineExports(beam.PTransform):
     def __init__(
         self,
         exports_root: str,
-        grid_years: Iterable[tuple[str, int]],
+        grid_years: Iterable[tuple[str, int]] | None,
         bands: Sequence[str],
         nodata_values: Sequence[float] = DEFAULT_NODATA,
         *,
@@ -127,7 +128,7 @@ class ReadEarthEngineExports(beam.PTransform):
         if kernel is not None and (kernel < 0 or kernel % 2):
             raise ValueError(f"kernel must be even and >= 0, got {kernel}")
         self._root = str(exports_root)
-        self._grid_years = sorted({(str(grid), int(year)) for grid, year in grid_years})
+        self._grid_years = None if grid_years is None else sorted({(str(grid), int(year)) for grid, year in grid_years})
         self._bands = bands
         self._nodata = tuple(float(v) for v in nodata_values)
         self._kernel = kernel
@@ -139,11 +140,15 @@ class ReadEarthEngineExports(beam.PTransform):
         """(grid, year) elements → one read per export → the four outputs (patches reshuffled if asked).
 
         Applied to a pipeline, it reads the `grid_years` given; applied to a PCollection of GridYearKey
-        (the grid-years left to infer, transforms/raw.py), it reads those.
+        (the grid-years left to infer, transforms/raw.py), it reads those, and `grid_years` must be None.
         """
         keys = pbegin
         if isinstance(pbegin, pvalue.PBegin):
+            if self._grid_years is None:
+                raise ValueError("ReadEarthEngineExports applied to a pipeline needs the grid_years to read")
             keys = pbegin | "GridYears" >> beam.Create([GridYearKey(grid, year) for grid, year in self._grid_years])
+        elif self._grid_years is not None:
+            raise ValueError("ReadEarthEngineExports applied to a PCollection reads its GridYearKey elements: pass grid_years=None")
         outputs = (
             keys
             | "ReadExports"
