@@ -104,6 +104,16 @@ def test_unwritable_output_folder_is_one_line_exit_2(raster, tmp_path):
     assert code == 2 and "permission denied" in one_error_line(err, "stats")
 
 
+def test_permission_denied_on_the_output_is_one_line_exit_2(raster, tmp_path, monkeypatch):
+    """The permission case as the file system reports it (the chmod variant above cannot run as root, as on CI)."""
+    def denied(self, path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    monkeypatch.setattr(LocalFileSystem, "create", denied)
+    code, _, err = run_cli("stats", raster, "--output", tmp_path / "out", "--quiet")
+    assert code == 2 and "permission denied" in one_error_line(err, "stats")
+
+
 def test_full_disk_names_the_output_file_and_leaves_nothing(raster, tmp_path, monkeypatch):
     class FullDisk:
         def __init__(self, path):

@@ -64,6 +64,7 @@ def test_mixed_precision_same_weights_float32_probabilities(net, batch, precisio
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, eager, atol=2e-2)
     assert class_disagreement(got, eager) < 0.01
+    assert not np.array_equal(got, make_inference_fn(net, "float32")(batch))  # it did compute in 16 bits
 
 
 def test_serving_model_keeps_its_normalization_in_float32():

@@ -96,7 +96,7 @@ def test_bfloat16_runs_compiled_and_changes_few_classes(tmp_path, unet_file):
     run_pipeline(exports, tmp_path / "f32", unet_file, "--inference_tile", "grid")
     summary = run_pipeline(exports, tmp_path / "bf16", unet_file, "--inference_tile", "grid", "--inference_precision", "bfloat16")
     assert summary["parameters"]["inference_precision"] == "bfloat16"
-    changed = total = 0
+    changed = total = differ = 0
     for year in YEARS:
         name = f"1010/1010_{year}.tif"
         with rasterio.open(tmp_path / "f32" / name) as a, rasterio.open(tmp_path / "bf16" / name) as b:
@@ -104,9 +104,11 @@ def test_bfloat16_runs_compiled_and_changes_few_classes(tmp_path, unet_file):
             observed = pa != 255
             assert np.array_equal(observed, pb != 255)  # the not-observed mask does not depend on precision
             assert np.abs(pa - pb)[observed].mean() < 2  # probabilities × 255 agree to a few units on average
+            differ += int(np.count_nonzero((pa != pb)[observed]))
             changed += int(np.count_nonzero((a.read(1) != b.read(1))[observed]))
             total += int(observed.sum())
     assert changed / total < 0.05
+    assert differ > 0  # bfloat16 did run: some probabilities differ
 
 
 @pytest.mark.parametrize("tile", ["", "grid"], ids=["record-wise", "large-tiles"])
@@ -128,6 +130,6 @@ def test_precision_check_reports_the_class_changes_of_bfloat16(tmp_path, unet_fi
             compared += int(observed.sum())
             # band 2 is the probability before the filters: its class at 0.5 is p × 255 ≥ 127.5
             changed += int(np.count_nonzero(((a.read(2) >= 128) != (b.read(2) >= 128))[observed]))
-    assert check["pixels"] == compared
+    assert check["pixels"] == compared and check["class_changes"] > 0  # bfloat16 did change some classes
     assert abs(check["class_changes"] - changed) <= changed * 0.1 + 3  # rounding of p × 255 at the threshold
     assert check["fraction"] == pytest.approx(check["class_changes"] / check["pixels"])

@@ -305,4 +305,7 @@ def test_model_digest_covers_every_file_of_a_model_folder(tmp_path):
     assert model_digest(str(folder)) == first
     (folder / "transform_fn" / "stats.json").write_text('{"mean": 2}')
     assert model_digest(str(folder)) != first
+    second = model_digest(str(folder))
+    (folder / "transform_fn" / "stats.json").rename(folder / "transform_fn" / "statistics.json")  # same bytes, new name
+    assert model_digest(str(folder)) != second
     assert model_digest(str(folder / "serving.keras")) != model_digest(str(folder))
