@@ -288,16 +288,8 @@ def activation_bytes(model, height: int, width: int, bytes_per_element: int = 4)
     return total
 
 
-def check_tile_side(model, side: int) -> None:
-    """ValueError unless `side` is a positive multiple of the model's pooling alignment."""
-    align = pooling_alignment(model)
-    if side <= 0 or side % align:
-        raise ValueError(f"tile side {side} must be a positive multiple of {align} (the network's pooling grid)")
-
-
 __all__ = [
     "activation_bytes",
-    "check_tile_side",
     "count_flops",
     "halo",
     "pooling_alignment",

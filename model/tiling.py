@@ -64,11 +64,6 @@ class Mosaic:
         """(rows * P, cols * P): the pixels of the patch grid."""
         return self.geometry.height, self.geometry.width
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the mosaic's arrays."""
-        return self.bands.nbytes + self.observed.nbytes
-
 
 def mosaic_bytes(geometry: ExportGeometry, num_bands: int) -> int:
     """Bytes of the float32 bands and bool mask of a (grid, year) mosaic with this geometry."""

@@ -13,8 +13,8 @@ from pipeline.contract import BAND_PRESETS
 from pipeline.method.filters import MODES, FilterParams
 from pipeline.flags import SwitchAction
 from pipeline.ranges import parse_int_list
+from model.inference import PRECISIONS
 
-PRECISIONS = ("float32", "bfloat16", "float16")
 
 SPATIAL_FILTER_PLACES = ("local", "earthengine", "off")
 
