@@ -17,7 +17,8 @@ from pipeline.flags import (
     HelpFormatter,
     SuggestingParser,
     add_negations,
-    long_options,
+    all_long_options,
+    subparsers,
     unknown_message,
 )
 
@@ -46,15 +47,9 @@ def add_verbosity_flags(parser: argparse.ArgumentParser, top_level: bool = False
                        help="print errors only (default: off)")
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The parsers of a parser's subcommands (one level), by subcommand name."""
-    return {name: sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
-            for name, sub in action.choices.items()}
-
-
 def _finish(parser: argparse.ArgumentParser) -> None:
     """Defaults in every --help, `--no-` forms of switches and -v/-q on every (nested) subcommand parser."""
-    for sub in _subparsers(parser).values():
+    for sub in subparsers(parser).values():
         sub.formatter_class = HelpFormatter
         add_negations(sub)
         add_verbosity_flags(sub)
@@ -86,11 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run one subcommand; user errors exit 2 with a one-line message."""
     parser = build_parser()
-    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "_accepts_extra", False):
-        command = _subparsers(parser)[args.command]  # its flags, for naming the closest one
-        known = long_options(command) + [o for sub in _subparsers(command).values() for o in long_options(sub)]
-        command.error(unknown_message(extra, known))
+        command = subparsers(parser)[args.command]  # its flags, for naming the closest one
+        command.error(unknown_message(extra, all_long_options(command)))
     args._extra = extra
     configure_logging(verbosity_of(args.verbose, args.quiet))
     if getattr(args._module, "USES_TENSORFLOW", False):

@@ -10,6 +10,7 @@ Beam's own switches (`--streaming`, …), which take no value there, also take `
 from __future__ import annotations
 
 import argparse
+import sys
 import difflib
 from collections.abc import Iterable, Sequence
 
@@ -158,19 +159,23 @@ class SuggestingParser(argparse.ArgumentParser):
     """The parser of the `mining-mapper` commands: an unknown flag is reported with the closest valid one."""
 
     def parse_known_args(self, args=None, namespace=None):
-        """Parse as argparse does, with every flag first rewritten to its declared spelling (- or _)."""
-        if args is not None:
-            args = normalise_argv(list(args), _all_long_options(self))
+        """Parse as argparse does (None: the process's arguments), with every flag first rewritten to its
+        declared spelling (- or _)."""
+        args = normalise_argv(list(sys.argv[1:] if args is None else args), all_long_options(self))
         return super().parse_known_args(args, namespace)
 
 
-def _all_long_options(parser: argparse.ArgumentParser) -> list[str]:
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parsers of a parser's subcommands (one level), by subcommand name."""
+    return {name: sub for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+            for name, sub in action.choices.items()}
+
+
+def all_long_options(parser: argparse.ArgumentParser) -> list[str]:
     """The `--` options of a parser and of all its subcommands' parsers (recursively)."""
     found = long_options(parser)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                found.extend(_all_long_options(sub))
+    for sub in subparsers(parser).values():
+        found.extend(all_long_options(sub))
     return found
 
 
