@@ -8,7 +8,6 @@ import logging
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import apache_beam as beam
 from apache_beam import typehints
@@ -26,8 +25,9 @@ from pipeline.modelcheck import check_model_location
 from pipeline.options import MiningMapperOptions, build_config, option_names
 from pipeline.elements import GridYearStatus
 from transforms.progress import LogProgress, progress_line
+from tests.conftest import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 METADATA = json.loads((ROOT / "templates" / "metadata.json").read_text(encoding="utf-8"))
 BASE = ["--exports", "gs://b/e", "--output", "gs://b/o", "--model", "gs://b/m", "--grids", "1", "--years", "2000"]
 
@@ -146,7 +146,7 @@ OLD_NAMES = ("preset", "mode", "min_size", "window", "landcover", "mining_value"
 @pytest.mark.parametrize("concept", sorted(CONCEPTS))
 def test_one_name_per_concept_across_commands(concept):
     for command in CONCEPTS[concept]:
-        keys = command_keys(f"mining-mapper {command}") if command != "report" else command_keys("mining-mapper report")
+        keys = command_keys(f"mining-mapper {command}")
         wanted = "class_id" if command == "report" and concept == "class_value" else concept
         assert wanted in keys, f"{command} lacks --{wanted}"
     run_keys = set(option_names())

@@ -27,8 +27,9 @@ from hypothesis import strategies as st
 from pipeline.errors import UserError
 from pipeline.flags import check_run_argv
 from pipeline.options import MiningMapperOptions, option_names
+from tests.conftest import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 TEMPLATES = ROOT / "templates"
 METADATA = json.loads((TEMPLATES / "metadata.json").read_text(encoding="utf-8"))
 PARAMETERS = {p["name"]: p for p in METADATA["parameters"]}
