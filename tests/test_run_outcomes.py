@@ -14,6 +14,7 @@ from pipeline.io.example import decode_example, encode_example
 from pipeline.io.export_reader import read_export_patches
 from pipeline.io.tfrecord import frame_record, read_shard
 from pipeline.run import main
+from tests.support.outputs import files
 from tests.support.synthetic_run import (
     BANDS,
     YEARS,
@@ -27,17 +28,6 @@ from tests.support.synthetic_run import (
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     return stand_in_model(str(tmp_path_factory.mktemp("model") / "stand_in.keras"))
-
-
-def files_of(folder) -> dict[str, bytes]:
-    """Every file under a folder (relative path → bytes)."""
-    found = {}
-    for root, _dirs, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            with open(path, "rb") as handle:
-                found[os.path.relpath(path, folder)] = handle.read()
-    return found
 
 
 def reshard_with_a_wrong_first_shard(folder):
@@ -59,7 +49,7 @@ def test_run_all_written_exits_0_and_multiprocess_runner_gives_byte_identical_ou
     assert main(pipeline_args(tmp_path / "exports", tmp_path / "default", model_path, "-q")) == EXIT_OK
     multi = [a for a in pipeline_args(tmp_path / "exports", tmp_path / "multi", model_path, "-q") if a not in ("--direct_num_workers", "1")]
     assert main([*multi, "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"]) == EXIT_OK
-    default, parallel = files_of(tmp_path / "default"), files_of(tmp_path / "multi")
+    default, parallel = files(tmp_path / "default"), files(tmp_path / "multi")
     assert sorted(default) == sorted(parallel) == sorted(
         [f"1010/1010_{y}.tif" for y in YEARS] + [f"raw/1010/1010_{y}.tif" for y in YEARS] + ["dead_letter.jsonl", "summary.json"])
     for name in default:
@@ -86,12 +76,12 @@ def test_rerun_is_refused_then_overwrite_with_a_contradicting_mixer_and_a_bad_sh
     write_exports(exports, truth_stack(13))
     assert main(pipeline_args(exports, out, model_path, "-q")) == EXIT_OK
     assert (out / "1010" / "1010_2003.tif").exists() and (out / "1010" / "1010_2005.tif").exists()
-    before = files_of(out)
+    before = files(out)
     capsys.readouterr()
     assert main(pipeline_args(exports, out, model_path)) == EXIT_USAGE  # refused before reading
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and str(out) in error and "--overwrite" in error
-    assert files_of(out) == before
+    assert files(out) == before
     # 2003: the mixer says 18-pixel patches while its records (and every other year) are 16 + kernel 4;
     # 2005: shard 00000 holds records of the wrong size while its siblings 00001 and 00002 are intact.
     mixer = exports / "1010" / "2003" / "mining_1010_2003-mixer.json"
@@ -105,7 +95,7 @@ def test_rerun_is_refused_then_overwrite_with_a_contradicting_mixer_and_a_bad_sh
     assert status[2003]["status"] == "failed" and status[2005]["status"] == "failed"
     assert all(status[y]["status"] == "written" for y in YEARS if y not in (2003, 2005))
     assert not (out / "1010" / "1010_2003.tif").exists() and not (out / "1010" / "1010_2005.tif").exists()
-    assert sorted(files_of(out)) == summary["outputs"]
+    assert sorted(files(out)) == summary["outputs"]
     dead = [json.loads(line) for line in (out / "dead_letter.jsonl").read_text().splitlines()]
     assert {d["file"] for d in dead if d["year"] == 2003} == {str(mixer)}
     assert {os.path.basename(d["file"]) for d in dead if d["year"] == 2005} == {wrong.name}

@@ -24,6 +24,7 @@ from pipeline.elements import GridYearKey
 from pipeline.errors import UserError
 from pipeline.options import build_config
 from pipeline.run import run
+from tests.support.outputs import tifs
 from tests.support.synthetic_run import YEARS, pipeline_args, stand_in_model, truth_stack, write_exports
 from transforms import streaming
 from transforms.streaming import StreamingGrids, grid_status_path, grid_year_of_path
@@ -32,17 +33,6 @@ GRIDS = ("1010", "1011")
 BANDS = ("--probability_band", "true", "--origin_band", "true")
 REPLACE = GridYearKey("replace", 0)
 """A test-only event: before it flows on, grid 1011's 2004 export is replaced (a re-export)."""
-
-
-def tifs(folder) -> dict[str, bytes]:
-    """Every .tif under a folder (classification COGs and raw results), by relative path."""
-    found = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            if name.endswith(".tif"):
-                with open(os.path.join(root, name), "rb") as handle:
-                    found[os.path.relpath(os.path.join(root, name), folder)] = handle.read()
-    return found
 
 
 def cogs(folder) -> dict[str, bytes]:
