@@ -332,7 +332,7 @@ def make_design(
 
     from pyproj import Transformer
 
-    from pipeline.method.areas import SQUARE_METRES_PER_HECTARE, PixelAreas, pyproj_crs
+    from pipeline.method.areas import PixelAreas, pyproj_crs
     from pipeline.io import rasters as annual_rasters
     from pipeline.products.stats import nodata_mask
 
@@ -346,9 +346,9 @@ def make_design(
     observed = ~nodata_mask(values, [nodata, *extra_nodata])
     mining = observed & (values == class_value)
     strata = strata_map(mining, observed, ring_width_m, pixel_size_m(crs, transform, values.shape))
-    areas = np.broadcast_to(PixelAreas(crs, transform, values.shape).window(), values.shape)
+    areas = PixelAreas(crs, transform, values.shape)
     sizes = {name: int(np.count_nonzero(strata == STRATUM_CODES[name])) for name in STRATA}
-    area_ha = {name: float(areas[strata == STRATUM_CODES[name]].sum(dtype=np.float64)) / SQUARE_METRES_PER_HECTARE for name in STRATA}
+    area_ha = {name: areas.hectares(strata == STRATUM_CODES[name]) for name in STRATA}
     total = sum(sizes.values())
     if sizes["mining"] == 0:
         raise UserError(f"{path}: no pixel equals the mining value {class_value}; there is no mining stratum to sample")
