@@ -16,3 +16,11 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path} is absent (it lives in ../shared/data beside the repo)")
     return path
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory) -> str:
+    """The synthetic run's stand-in Keras model (tests/support/synthetic_run.py), built once per test process."""
+    from tests.support.synthetic_run import stand_in_model
+
+    return stand_in_model(str(tmp_path_factory.mktemp("model") / "stand_in.keras"))

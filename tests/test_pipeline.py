@@ -18,15 +18,9 @@ from tests.support.synthetic_run import (
     YEARS,
     expected_cog,
     pipeline_args,
-    stand_in_model,
     truth_stack,
     write_exports,
 )
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return stand_in_model(str(tmp_path_factory.mktemp("model") / "stand_in.keras"))
 
 
 @pytest.mark.parametrize("mode", ["appendix", "c9-code"])

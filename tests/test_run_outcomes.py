@@ -19,15 +19,9 @@ from tests.support.synthetic_run import (
     BANDS,
     YEARS,
     pipeline_args,
-    stand_in_model,
     truth_stack,
     write_exports,
 )
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return stand_in_model(str(tmp_path_factory.mktemp("model") / "stand_in.keras"))
 
 
 def reshard_with_a_wrong_first_shard(folder):
